@@ -1,0 +1,258 @@
+"""The HTTP API (SPEC §3): a Quart-Trio app over the job manager.
+
+Handlers only translate: HTTP in → ``ExportRequest`` / job id → job manager → JSON or a
+problem document out. Errors are ``application/problem+json`` (RFC 9457) with no stack
+trace and no SQL in them.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import uuid
+from typing import Any
+
+import psycopg
+from quart import Response, request, send_file
+from quart_trio import QuartTrio
+from werkzeug.exceptions import HTTPException
+
+from exporter.config import Settings
+from exporter.jobs import JobManager, JobView, QueueFull
+from exporter.openapi import openapi_document
+from exporter.request import FieldError, RequestInvalid, parse_export_request
+from exporter.store import JobStore
+
+log = logging.getLogger(__name__)
+
+PROBLEM_TYPE = "about:blank"
+RETRY_AFTER_SECONDS = 10
+# Bigger request bodies than this are refused before they are read: parameters are tiny.
+MAX_BODY_BYTES = 64 * 1024
+
+
+def problem(status: int, title: str, detail: str, **extra: Any) -> Response:
+    body = {"type": PROBLEM_TYPE, "title": title, "status": status, "detail": detail, **extra}
+    return Response(json.dumps(body), status=status, content_type="application/problem+json")
+
+
+def validation_problem(errors: list[FieldError]) -> Response:
+    return problem(
+        400,
+        "Invalid export request",
+        "; ".join(f"{e.param}: {e.message}" for e in errors),
+        errors=[{"param": e.param, "message": e.message} for e in errors],
+    )
+
+
+def _iso(value: Any) -> str | None:
+    return None if value is None else value.isoformat().replace("+00:00", "Z")
+
+
+def status_document(view: JobView) -> dict[str, Any]:
+    """The status JSON of a job (SPEC §3 GET /exports/{id}/status)."""
+    record = view.record
+    completed = record.status == "completed"
+    total = record.total_rows
+    if completed:
+        percentage = 100.0
+    elif total:
+        # 100 means done; a running export whose estimate was low stays just under it.
+        percentage = min(round(record.processed_rows * 100 / total, 1), 99.9)
+    else:
+        percentage = 0.0
+    eta: float | None = None
+    if completed:
+        eta = 0.0
+    elif record.status == "processing" and view.rows_per_second and total:
+        eta = round(max(total - record.processed_rows, 0) / view.rows_per_second, 1)
+    job_id = str(record.id)
+    doc: dict[str, Any] = {
+        "exportId": job_id,
+        "status": record.status,
+        "progress": {
+            "processedRows": record.processed_rows,
+            "totalRows": total,
+            "percentage": percentage,
+            "bytesWritten": record.bytes_written,
+            "rowsPerSecond": (
+                None if view.rows_per_second is None else round(view.rows_per_second, 1)
+            ),
+            "etaSeconds": eta,
+        },
+        "request": record.request.to_json(),
+        "error": record.error,
+        "createdAt": _iso(record.created_at),
+        "startedAt": _iso(record.started_at),
+        "completedAt": _iso(record.completed_at),
+        "expiresAt": _iso(record.expires_at),
+        "statusUrl": f"/exports/{job_id}/status",
+    }
+    if completed:
+        doc["fileSize"] = record.file_size
+        doc["downloadUrl"] = f"/exports/{job_id}/download"
+    if record.status == "pending":
+        doc["queuePosition"] = view.queue_position
+    return doc
+
+
+def _job_id(raw: str) -> uuid.UUID | None:
+    """The id if it is a uuid4 in canonical form; anything else is simply not found."""
+    try:
+        job_id = uuid.UUID(raw)
+    except ValueError:
+        return None
+    return job_id if job_id.version == 4 and str(job_id) == raw.lower() else None
+
+
+def _not_found(raw: str) -> Response:
+    return problem(404, "Export not found", f"there is no export with id {raw[:80]!r}")
+
+
+async def _export_params() -> dict[str, object] | Response:
+    """Query parameters, merged over a JSON body's (the query string wins)."""
+    params: dict[str, object] = {}
+    if await request.get_data(as_text=False):
+        body = await request.get_json(force=True, silent=True)
+        if not isinstance(body, dict):
+            return validation_problem(
+                [FieldError("body", "must be a JSON object of parameters, or empty")]
+            )
+        params.update(body)
+    repeated = []
+    for name in request.args:
+        values = request.args.getlist(name)
+        if len(values) > 1:
+            repeated.append(FieldError(name[:60], "must be given once"))
+        params[name] = values[0]
+    if repeated:
+        return validation_problem(repeated)
+    return params
+
+
+def create_app(settings: Settings, conninfo: str) -> QuartTrio:
+    app = QuartTrio(__name__)
+    app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
+    # The job manager's own cleanup bounds shutdown; Quart must not cut it short.
+    app.config["BACKGROUND_TASK_SHUTDOWN_TIMEOUT"] = None
+    store = JobStore(conninfo)
+    jobs = JobManager(settings, conninfo, store)
+    app.extensions["exporter.jobs"] = jobs
+
+    @app.before_serving
+    async def start_jobs() -> None:
+        await app.nursery.start(jobs.run)
+
+    @app.after_serving
+    async def close_store() -> None:
+        await store.close()
+
+    @app.errorhandler(HTTPException)
+    async def http_error(error: HTTPException) -> Response:
+        status = error.code or 500
+        return problem(status, error.name, error.description or error.name)
+
+    @app.errorhandler(psycopg.OperationalError)
+    async def database_down(error: psycopg.OperationalError) -> Response:
+        log.warning("database unavailable: %s", error)
+        response = problem(
+            503, "Database unavailable", "the job database cannot be reached; try again shortly"
+        )
+        response.headers["Retry-After"] = str(RETRY_AFTER_SECONDS)
+        return response
+
+    @app.errorhandler(Exception)
+    async def internal_error(error: Exception) -> Response:
+        log.exception("unhandled error", exc_info=error)
+        return problem(500, "Internal Server Error", "the server log has the details")
+
+    @app.get("/health")
+    async def health() -> dict[str, Any]:
+        # Memory only: this must answer while the database is slow or away.
+        return {"status": "ok", "exports": jobs.counts()}
+
+    @app.get("/openapi.json")
+    async def openapi() -> dict[str, Any]:
+        return openapi_document()
+
+    @app.post("/exports/csv")
+    async def create_export() -> Response:
+        params = await _export_params()
+        if isinstance(params, Response):
+            return params
+        try:
+            export_request = parse_export_request(params)
+        except RequestInvalid as invalid:
+            return validation_problem(invalid.errors)
+        try:
+            record = await jobs.submit(export_request)
+        except QueueFull:
+            response = problem(
+                429,
+                "Too many exports queued",
+                f"{settings.max_queued_exports} exports are already waiting; try again later",
+            )
+            response.headers["Retry-After"] = str(RETRY_AFTER_SECONDS)
+            return response
+        job_id = str(record.id)
+        status_url = f"/exports/{job_id}/status"
+        body = {
+            "exportId": job_id,
+            "status": record.status,
+            "statusUrl": status_url,
+            "downloadUrl": f"/exports/{job_id}/download",
+        }
+        return Response(
+            json.dumps(body),
+            status=202,
+            content_type="application/json",
+            headers={"Location": status_url},
+        )
+
+    @app.get("/exports/<raw_id>/status")
+    async def export_status(raw_id: str) -> Response | dict[str, Any]:
+        job_id = _job_id(raw_id)
+        view = None if job_id is None else await jobs.view(job_id)
+        if view is None:
+            return _not_found(raw_id)
+        return status_document(view)
+
+    @app.route("/exports/<raw_id>/download", methods=["GET", "HEAD"])
+    async def export_download(raw_id: str) -> Response:
+        job_id = _job_id(raw_id)
+        view = None if job_id is None else await jobs.view(job_id)
+        if view is None or job_id is None:
+            return _not_found(raw_id)
+        status = view.record.status
+        if status in ("pending", "processing"):
+            return problem(
+                409,
+                "Export not ready",
+                f"the export is {status}; download it once completed",
+                exportStatus=status,
+            )
+        if status != "completed":
+            return problem(
+                410,
+                "Export gone",
+                f"the export is {status}; its file is not available",
+                exportStatus=status,
+            )
+        response = await send_file(
+            jobs.file_path(job_id),
+            mimetype="text/csv; charset=utf-8",
+            as_attachment=True,
+            attachment_filename=f"export_{job_id}.csv",
+            conditional=True,
+        )
+        response.headers["Vary"] = "Accept-Encoding"
+        return response
+
+    @app.delete("/exports/<raw_id>")
+    async def cancel_export(raw_id: str) -> Response:
+        job_id = _job_id(raw_id)
+        if job_id is None or not await jobs.cancel(job_id):
+            return _not_found(raw_id)
+        return Response(b"", status=204)
+
+    return app

@@ -1,0 +1,95 @@
+"""The ``exporter`` command: ``serve`` and ``seed``."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import sys
+from collections.abc import Iterator, Sequence
+
+import trio
+from tqdm import tqdm
+
+from exporter.config import Settings, SettingsError
+from exporter.embedded import embedded_database
+from exporter.schema import apply_schema, count_users, seed_users
+from exporter.server import run_server
+
+DEFAULT_SEED_ROWS = 10_000_000
+
+log = logging.getLogger("exporter")
+
+
+@contextlib.contextmanager
+def database(settings: Settings) -> Iterator[str]:
+    """``DATABASE_URL`` if set, else the embedded server (started, and stopped on exit)."""
+    if settings.database_url:
+        yield settings.database_url
+    else:
+        with embedded_database(settings.embedded_pg_dir) as conninfo:
+            yield conninfo
+
+
+def seed_with_progress(conninfo: str, rows: int) -> None:
+    have = count_users(conninfo)
+    if have >= rows:
+        log.info("users holds %d rows already; nothing to seed", have)
+        return
+    apply_schema(conninfo, "schema")
+    with tqdm(total=rows, unit="rows", unit_scale=True, desc="seeding users") as bar:
+        seed_users(conninfo, rows, progress=bar.update)
+    apply_schema(conninfo, "indexes")
+
+
+def _rows(text: str) -> int:
+    value = int(text.replace("_", ""))
+    if value < 0:
+        raise argparse.ArgumentTypeError("must be zero or more")
+    return value
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="exporter", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve = commands.add_parser(
+        "serve", help="run the HTTP service (embedded PostgreSQL unless DATABASE_URL is set)"
+    )
+    serve.add_argument("--bind", help="HOST:PORT to listen on (default: BIND or 127.0.0.1:8080)")
+    serve.add_argument(
+        "--seed-rows",
+        type=_rows,
+        help=f"fill users up to this many rows first (embedded default {DEFAULT_SEED_ROWS:,};"
+        " with DATABASE_URL nothing is seeded unless asked)",
+    )
+    seed = commands.add_parser("seed", help="fill the users table up to --rows rows")
+    seed.add_argument("--rows", type=_rows, default=DEFAULT_SEED_ROWS)
+    args = parser.parse_args(argv)
+
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        settings = Settings.from_env()
+    except SettingsError as error:
+        parser.error(str(error))
+    if args.command == "serve" and args.bind:
+        settings = settings.replace(bind=args.bind)
+
+    with database(settings) as conninfo:
+        apply_schema(conninfo, "schema")
+        if args.command == "seed":
+            seed_with_progress(conninfo, args.rows)
+            return 0
+        seed_rows = args.seed_rows
+        if seed_rows is None and not settings.database_url:
+            seed_rows = DEFAULT_SEED_ROWS
+        if seed_rows:
+            seed_with_progress(conninfo, seed_rows)
+        apply_schema(conninfo, "indexes")
+        trio.run(run_server, settings, conninfo)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

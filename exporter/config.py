@@ -1,0 +1,82 @@
+"""Settings: one typed object, built once from the environment (12-factor).
+
+No other module reads ``os.environ``; everything that can be tuned is a field here, and
+the README lists each with its default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+
+class SettingsError(ValueError):
+    """An environment variable holds a value the service cannot use."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Settings:
+    # None: start the embedded PostgreSQL (exporter serve) under ``embedded_pg_dir``.
+    database_url: str | None = None
+    export_dir: Path = Path("exports")
+    bind: str = "127.0.0.1:8080"
+    embedded_pg_dir: Path = Path(".pgdata")
+    max_concurrent_exports: int = 2
+    max_queued_exports: int = 100
+    # Rows per FETCH from the server-side cursor, and batches the channel holds between the
+    # cursor and the CSV writer. Together they bound the memory of a running export.
+    batch_rows: int = 5000
+    channel_batches: int = 4
+    # How long a completed file is kept (seconds); expiresAt in the status tells users.
+    export_ttl: float = 24 * 3600.0
+    # How often a running job's progress is written to export_jobs (seconds).
+    progress_interval: float = 0.5
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if env is None else env
+        defaults = cls()
+
+        def integer(name: str, default: int, minimum: int) -> int:
+            raw = env.get(name)
+            if raw is None or raw == "":
+                return default
+            try:
+                value = int(raw)
+            except ValueError:
+                raise SettingsError(f"{name} must be a whole number, got {raw!r}") from None
+            if value < minimum:
+                raise SettingsError(f"{name} must be at least {minimum}, got {value}")
+            return value
+
+        def seconds(name: str, default: float) -> float:
+            raw = env.get(name)
+            if raw is None or raw == "":
+                return default
+            try:
+                value = float(raw)
+            except ValueError:
+                raise SettingsError(f"{name} must be a number of seconds, got {raw!r}") from None
+            if value <= 0:
+                raise SettingsError(f"{name} must be positive, got {raw!r}")
+            return value
+
+        return cls(
+            database_url=env.get("DATABASE_URL") or None,
+            export_dir=Path(env.get("EXPORT_DIR") or defaults.export_dir),
+            bind=env.get("BIND") or defaults.bind,
+            embedded_pg_dir=Path(env.get("EMBEDDED_PG_DIR") or defaults.embedded_pg_dir),
+            max_concurrent_exports=integer(
+                "MAX_CONCURRENT_EXPORTS", defaults.max_concurrent_exports, 1
+            ),
+            max_queued_exports=integer("MAX_QUEUED_EXPORTS", defaults.max_queued_exports, 0),
+            batch_rows=integer("BATCH_ROWS", defaults.batch_rows, 1),
+            channel_batches=integer("CHANNEL_BATCHES", defaults.channel_batches, 0),
+            export_ttl=seconds("EXPORT_TTL", defaults.export_ttl),
+            progress_interval=seconds("PROGRESS_INTERVAL", defaults.progress_interval),
+        )
+
+    def replace(self, **changes: object) -> Settings:
+        return dataclasses.replace(self, **changes)  # type: ignore[arg-type]

@@ -1,0 +1,288 @@
+"""The job manager: one nursery for all exports, each export in its own cancel scope.
+
+It lives in the app's serving lifespan (``api.create_app`` starts ``JobManager.run`` in
+Quart-Trio's lifespan nursery), so when the server stops, every running export is
+cancelled and cleaned up before the process exits.
+
+A job is a value (its ``JobRecord``) plus a ``CancelScope``. At most
+``max_concurrent_exports`` run at once; the others wait, first come first served, on a
+``trio.Semaphore`` (trio's is FIFO) and show a ``queuePosition``. ``DELETE`` cancels the
+scope, whether the job waits or runs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import errno
+import logging
+import re
+import uuid
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import trio
+
+from exporter.config import Settings
+from exporter.pipeline import Progress, export_csv
+from exporter.request import ExportRequest
+from exporter.store import JobRecord, JobStore, utcnow
+
+log = logging.getLogger(__name__)
+
+RESTART_ERROR = "interrupted by a restart of the service; please start the export again"
+SHUTDOWN_ERROR = "interrupted by a shutdown of the service; please start the export again"
+# How long a stopping job may spend recording its final state.
+FINAL_SAVE_TIMEOUT = 5.0
+
+_EXPORT_FILE = re.compile(
+    r"^(?P<id>[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})\.csv(?P<part>\.part)?$"
+)
+
+
+class QueueFull(Exception):
+    """No export slot is free and the queue holds ``max_queued_exports`` jobs already."""
+
+
+@dataclasses.dataclass(eq=False, slots=True)
+class Job:
+    record: JobRecord
+    progress: Progress = dataclasses.field(default_factory=Progress)
+    scope: trio.CancelScope = dataclasses.field(default_factory=trio.CancelScope)
+    done: trio.Event = dataclasses.field(default_factory=trio.Event)
+    cancel_requested: bool = False
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class JobView:
+    """What the status endpoint shows: the record, fresh figures, the queue position."""
+
+    record: JobRecord
+    queue_position: int | None = None
+    rows_per_second: float | None = None
+
+
+def describe_error(exc: BaseException) -> str:
+    """A sentence a user can act on; no SQL, no stack trace, no server paths."""
+    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+        exc = exc.exceptions[0]
+    if isinstance(exc, OSError) and not isinstance(exc, psycopg.Error):
+        if exc.errno == errno.ENOSPC:
+            return "no space left on the device holding the export files"
+        return f"could not write the export file: {exc.strerror or type(exc).__name__}"
+    if isinstance(exc, psycopg.errors.AdminShutdown):
+        return "the database ended the export's connection (terminated by an administrator)"
+    if isinstance(exc, psycopg.errors.QueryCanceled):
+        return "the export's query was cancelled on the database server"
+    if isinstance(exc, psycopg.OperationalError):
+        return "the connection to the database failed or was lost during the export"
+    if isinstance(exc, psycopg.Error) and exc.diag.message_primary:
+        return f"the database reported an error: {exc.diag.message_primary}"
+    return "the export failed because of an internal error; the server log has the details"
+
+
+class JobManager:
+    def __init__(self, settings: Settings, conninfo: str, store: JobStore) -> None:
+        self.settings = settings
+        self.conninfo = conninfo
+        self.store = store
+        self._live: dict[uuid.UUID, Job] = {}
+        self._waiting: list[Job] = []  # FIFO, for queuePosition
+        self._slots = trio.Semaphore(settings.max_concurrent_exports)
+        self._nursery: trio.Nursery | None = None
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Recover from a previous process, then hold the jobs' nursery until cancelled."""
+        await self.recover()
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            task_status.started()
+            try:
+                await trio.sleep_forever()
+            finally:
+                self._nursery = None
+
+    async def recover(self) -> None:
+        """Fail jobs a previous process left unfinished and remove files no job owns.
+
+        Failing (rather than re-queueing) is the honest choice: the client that asked
+        may be long gone, and a re-run would export a different snapshot of the table.
+        """
+        self.settings.export_dir.mkdir(parents=True, exist_ok=True)
+        failed = await self.store.fail_interrupted(RESTART_ERROR)
+        if failed:
+            log.warning("marked %d interrupted export(s) as failed", len(failed))
+        completed = await self.store.completed_ids()
+        for path in self.settings.export_dir.iterdir():
+            match = _EXPORT_FILE.match(path.name)
+            if match is None:
+                continue  # not ours: never delete what we did not write
+            if match["part"] or uuid.UUID(match["id"]) not in completed:
+                log.info("removing orphan export file %s", path.name)
+                path.unlink(missing_ok=True)
+
+    # -- queries -----------------------------------------------------------------------
+
+    def file_path(self, job_id: uuid.UUID) -> Path:
+        return self.settings.export_dir / f"{job_id}.csv"
+
+    def counts(self) -> dict[str, int]:
+        return {"running": len(self._live) - len(self._waiting), "queued": len(self._waiting)}
+
+    async def view(self, job_id: uuid.UUID) -> JobView | None:
+        job = self._live.get(job_id)
+        if job is None:
+            record = await self.store.get(job_id)
+            if record is None:
+                return None
+            return JobView(record, rows_per_second=_final_rate(record))
+        record = dataclasses.replace(
+            job.record,
+            processed_rows=job.progress.processed_rows,
+            bytes_written=job.progress.bytes_written,
+            total_rows=job.progress.total_rows,
+        )
+        position = self._waiting.index(job) + 1 if job in self._waiting else None
+        rate = None
+        if job.progress.started_at is not None:
+            elapsed = trio.current_time() - job.progress.started_at
+            if elapsed > 0:
+                rate = job.progress.processed_rows / elapsed
+        return JobView(record, queue_position=position, rows_per_second=rate)
+
+    # -- commands ----------------------------------------------------------------------
+
+    async def submit(self, request: ExportRequest) -> JobRecord:
+        """Record a new job and queue it. Raises ``QueueFull`` when there is no room."""
+        if self._nursery is None:
+            raise RuntimeError("the job manager is not running")
+        if self._slots.value == 0 and len(self._waiting) >= self.settings.max_queued_exports:
+            raise QueueFull
+        job = Job(JobRecord(id=uuid.uuid4(), request=request))
+        await self.store.save(job.record)
+        self._live[job.record.id] = job
+        self._waiting.append(job)
+        self._nursery.start_soon(self._run, job, name=f"export {job.record.id}")
+        return job.record
+
+    async def cancel(self, job_id: uuid.UUID) -> bool:
+        """Cancel a job or withdraw a completed file; False when the id is unknown.
+
+        Returns once the job has stopped, its query is gone and its files are removed.
+        """
+        job = self._live.get(job_id)
+        if job is not None:
+            job.cancel_requested = True
+            job.scope.cancel()
+            await job.done.wait()
+            return True
+        record = await self.store.get(job_id)
+        if record is None:
+            return False
+        if record.status == "completed":
+            await trio.to_thread.run_sync(self._remove_files, job_id)
+            record.status = "cancelled"
+            await self.store.save(record)
+        return True
+
+    # -- one job -----------------------------------------------------------------------
+
+    def _remove_files(self, job_id: uuid.UUID) -> None:
+        final = self.file_path(job_id)
+        for path in (final, final.with_name(final.name + ".part")):
+            path.unlink(missing_ok=True)
+
+    async def _run(self, job: Job) -> None:
+        record = job.record
+        # What the job ends as if nothing below says otherwise: only a cancellation from
+        # outside (the server stopping) leaves the body without setting it.
+        status: str = "failed"
+        error: str | None = SHUTDOWN_ERROR
+        try:
+            with job.scope:
+                async with self._slots:
+                    self._waiting.remove(job)
+                    record.status, record.started_at = "processing", utcnow()
+                    await self.store.save(record)
+                    await self._export(job)
+                    status, error = "completed", None
+                    log.info(
+                        "export %s completed: %d rows, %d bytes",
+                        record.id,
+                        record.processed_rows,
+                        record.file_size,
+                    )
+        except Exception as exc:
+            log.warning("export %s failed", record.id, exc_info=True)
+            status, error = "failed", describe_error(exc)
+        finally:
+            if job in self._waiting:
+                self._waiting.remove(job)
+            if job.cancel_requested:
+                status, error = "cancelled", None
+            if status != "completed":
+                record.completed_at = utcnow()
+                record.file_size = None
+                await trio.to_thread.run_sync(self._remove_files, record.id)
+            record.status, record.error = status, error
+            self._copy_progress(job)
+            with trio.CancelScope(shield=True) as final_scope:
+                final_scope.deadline = trio.current_time() + FINAL_SAVE_TIMEOUT
+                try:
+                    await self.store.save(record)
+                except Exception:
+                    log.exception("could not record the end of export %s", record.id)
+            del self._live[record.id]
+            job.done.set()
+
+    async def _export(self, job: Job) -> None:
+        record = job.record
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._save_progress, job)
+            size = await export_csv(
+                self.conninfo,
+                record.request,
+                self.file_path(record.id),
+                progress=job.progress,
+                batch_rows=self.settings.batch_rows,
+                channel_batches=self.settings.channel_batches,
+                application_name=f"exporter {record.id}",
+            )
+            nursery.cancel_scope.cancel()
+        self._copy_progress(job)
+        record.total_rows = record.processed_rows  # the estimate has served its purpose
+        record.file_size = size
+        record.completed_at = utcnow()
+        record.expires_at = record.completed_at + dt.timedelta(seconds=self.settings.export_ttl)
+
+    def _copy_progress(self, job: Job) -> None:
+        job.record.processed_rows = job.progress.processed_rows
+        job.record.bytes_written = job.progress.bytes_written
+        job.record.total_rows = job.progress.total_rows
+
+    async def _save_progress(self, job: Job) -> None:
+        """Write the running figures a few times a second, never once per batch."""
+        while True:
+            await trio.sleep(self.settings.progress_interval)
+            self._copy_progress(job)
+            # Shielded: cancelling a query half-way would break the store's connection for
+            # the final save that follows; a deadline still bounds a hung database.
+            with trio.CancelScope(shield=True) as scope:
+                scope.deadline = trio.current_time() + FINAL_SAVE_TIMEOUT
+                try:
+                    await self.store.save(job.record)
+                except psycopg.Error:
+                    log.warning("could not save progress of export %s", job.record.id)
+
+
+def _final_rate(record: JobRecord) -> float | None:
+    if record.started_at is None or record.completed_at is None:
+        return None
+    elapsed = (record.completed_at - record.started_at).total_seconds()
+    return record.processed_rows / elapsed if elapsed > 0 else None
+
+
+__all__: list[Any] = ["Job", "JobManager", "JobView", "QueueFull", "describe_error"]

@@ -1,0 +1,328 @@
+"""The OpenAPI 3.1 description of the API, served at ``/openapi.json``.
+
+Kept true by ``tests/test_openapi.py``, which compares its paths and methods with the
+app's real routes and checks real responses against its schemas.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from exporter.request import TIERS, USER_COLUMNS
+
+_PROBLEM = {"$ref": "#/components/schemas/Problem"}
+
+
+def _problem_response(description: str) -> dict[str, Any]:
+    return {
+        "description": description,
+        "content": {"application/problem+json": {"schema": _PROBLEM}},
+    }
+
+
+def _id_parameter() -> dict[str, Any]:
+    return {
+        "name": "id",
+        "in": "path",
+        "required": True,
+        "description": "The exportId returned when the export was created (a UUID v4).",
+        "schema": {"type": "string", "format": "uuid"},
+    }
+
+
+_EXPORT_PARAMETERS: list[dict[str, Any]] = [
+    {
+        "name": "country_code",
+        "in": "query",
+        "description": "Only users of this country: two letters, case-insensitive.",
+        "schema": {"type": "string", "pattern": "^[A-Za-z]{2}$"},
+    },
+    {
+        "name": "subscription_tier",
+        "in": "query",
+        "description": "Only users of this tier.",
+        "schema": {"type": "string", "enum": list(TIERS)},
+    },
+    {
+        "name": "columns",
+        "in": "query",
+        "description": "Comma-separated columns in the order wanted, no duplicates; "
+        f"default all: {','.join(USER_COLUMNS)}.",
+        "schema": {"type": "string"},
+    },
+    {
+        "name": "delimiter",
+        "in": "query",
+        "description": "One ASCII character, not CR or LF; default ','.",
+        "schema": {"type": "string", "minLength": 1, "maxLength": 1},
+    },
+    {
+        "name": "quoteChar",
+        "in": "query",
+        "description": "One ASCII character, not CR or LF, unlike the delimiter; default '\"'.",
+        "schema": {"type": "string", "minLength": 1, "maxLength": 1},
+    },
+]
+
+_REQUEST_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "additionalProperties": False,
+    "properties": {
+        "country_code": {"type": "string", "pattern": "^[A-Za-z]{2}$"},
+        "subscription_tier": {"type": "string", "enum": list(TIERS)},
+        "columns": {
+            "oneOf": [
+                {"type": "string"},
+                {"type": "array", "items": {"type": "string", "enum": list(USER_COLUMNS)}},
+            ]
+        },
+        "delimiter": {"type": "string", "minLength": 1, "maxLength": 1},
+        "quoteChar": {"type": "string", "minLength": 1, "maxLength": 1},
+    },
+}
+
+_STATUS_ENUM = ["pending", "processing", "completed", "failed", "cancelled", "expired"]
+_TIME = {"type": ["string", "null"], "format": "date-time"}
+
+_SCHEMAS: dict[str, Any] = {
+    "Problem": {
+        "type": "object",
+        "description": "RFC 9457 problem details.",
+        "required": ["type", "title", "status", "detail"],
+        "properties": {
+            "type": {"type": "string"},
+            "title": {"type": "string"},
+            "status": {"type": "integer"},
+            "detail": {"type": "string"},
+            "exportStatus": {"type": "string", "enum": _STATUS_ENUM},
+            "errors": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "required": ["param", "message"],
+                    "properties": {"param": {"type": "string"}, "message": {"type": "string"}},
+                },
+            },
+        },
+    },
+    "ExportRequest": {
+        "type": "object",
+        "required": ["country_code", "subscription_tier", "columns", "delimiter", "quoteChar"],
+        "properties": {
+            "country_code": {"type": ["string", "null"]},
+            "subscription_tier": {"type": ["string", "null"], "enum": [*TIERS, None]},
+            "columns": {"type": "array", "items": {"type": "string", "enum": list(USER_COLUMNS)}},
+            "delimiter": {"type": "string"},
+            "quoteChar": {"type": "string"},
+        },
+    },
+    "ExportCreated": {
+        "type": "object",
+        "required": ["exportId", "status", "statusUrl", "downloadUrl"],
+        "properties": {
+            "exportId": {"type": "string", "format": "uuid"},
+            "status": {"type": "string", "enum": ["pending"]},
+            "statusUrl": {"type": "string"},
+            "downloadUrl": {"type": "string"},
+        },
+    },
+    "ExportStatus": {
+        "type": "object",
+        "required": [
+            "exportId",
+            "status",
+            "progress",
+            "request",
+            "error",
+            "createdAt",
+            "startedAt",
+            "completedAt",
+            "expiresAt",
+        ],
+        "properties": {
+            "exportId": {"type": "string", "format": "uuid"},
+            "status": {"type": "string", "enum": _STATUS_ENUM},
+            "progress": {
+                "type": "object",
+                "required": [
+                    "processedRows",
+                    "totalRows",
+                    "percentage",
+                    "bytesWritten",
+                    "rowsPerSecond",
+                    "etaSeconds",
+                ],
+                "properties": {
+                    "processedRows": {"type": "integer", "minimum": 0},
+                    "totalRows": {"type": ["integer", "null"], "minimum": 0},
+                    "percentage": {"type": "number", "minimum": 0, "maximum": 100},
+                    "bytesWritten": {"type": "integer", "minimum": 0},
+                    "rowsPerSecond": {"type": ["number", "null"], "minimum": 0},
+                    "etaSeconds": {"type": ["number", "null"], "minimum": 0},
+                },
+            },
+            "request": {"$ref": "#/components/schemas/ExportRequest"},
+            "error": {"type": ["string", "null"]},
+            "createdAt": {"type": "string", "format": "date-time"},
+            "startedAt": _TIME,
+            "completedAt": _TIME,
+            "expiresAt": _TIME,
+            "statusUrl": {"type": "string"},
+            "fileSize": {"type": "integer", "minimum": 0},
+            "downloadUrl": {"type": "string"},
+            "queuePosition": {"type": ["integer", "null"], "minimum": 1},
+        },
+    },
+    "Health": {
+        "type": "object",
+        "required": ["status"],
+        "properties": {
+            "status": {"type": "string", "enum": ["ok"]},
+            "exports": {
+                "type": "object",
+                "properties": {
+                    "running": {"type": "integer"},
+                    "queued": {"type": "integer"},
+                },
+            },
+        },
+    },
+}
+
+
+def openapi_document() -> dict[str, Any]:
+    download_headers = {
+        name: {"schema": {"type": "string"}}
+        for name in (
+            "Content-Length",
+            "Content-Disposition",
+            "Accept-Ranges",
+            "ETag",
+            "Last-Modified",
+        )
+    }
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "exporter",
+            "version": "0.1.0",
+            "description": "Exports PostgreSQL users to CSV in the background and serves "
+            "the files. Errors are application/problem+json (RFC 9457).",
+        },
+        "paths": {
+            "/exports/csv": {
+                "post": {
+                    "operationId": "createExport",
+                    "summary": "Start an export (parameters in the query string or a JSON body)",
+                    "parameters": _EXPORT_PARAMETERS,
+                    "requestBody": {
+                        "required": False,
+                        "content": {"application/json": {"schema": _REQUEST_SCHEMA}},
+                    },
+                    "responses": {
+                        "202": {
+                            "description": "Accepted; the export runs in the background.",
+                            "headers": {"Location": {"schema": {"type": "string"}}},
+                            "content": {
+                                "application/json": {
+                                    "schema": {"$ref": "#/components/schemas/ExportCreated"}
+                                }
+                            },
+                        },
+                        "400": _problem_response("A parameter is invalid; errors names it."),
+                        "413": _problem_response("The request body is too large."),
+                        "429": _problem_response("The queue is full; see Retry-After."),
+                        "503": _problem_response("The job database is unreachable."),
+                    },
+                }
+            },
+            "/exports/{id}/status": {
+                "get": {
+                    "operationId": "getExportStatus",
+                    "summary": "Status and progress of an export",
+                    "parameters": [_id_parameter()],
+                    "responses": {
+                        "200": {
+                            "description": "The export's status.",
+                            "content": {
+                                "application/json": {
+                                    "schema": {"$ref": "#/components/schemas/ExportStatus"}
+                                }
+                            },
+                        },
+                        "404": _problem_response("No such export."),
+                        "503": _problem_response("The job database is unreachable."),
+                    },
+                }
+            },
+            "/exports/{id}/download": {
+                "get": {
+                    "operationId": "downloadExport",
+                    "summary": "The CSV file of a completed export",
+                    "parameters": [_id_parameter()],
+                    "responses": {
+                        "200": {
+                            "description": "The whole file.",
+                            "headers": download_headers,
+                            "content": {"text/csv": {"schema": {"type": "string"}}},
+                        },
+                        "206": {
+                            "description": "The requested byte range.",
+                            "content": {"text/csv": {"schema": {"type": "string"}}},
+                        },
+                        "304": {"description": "Not modified (If-None-Match matched)."},
+                        "404": _problem_response("No such export."),
+                        "409": _problem_response("The export has not completed yet."),
+                        "410": _problem_response("The export failed, was cancelled or expired."),
+                        "416": _problem_response("The range cannot be satisfied."),
+                    },
+                },
+                "head": {
+                    "operationId": "headExport",
+                    "summary": "The download's headers, without the body",
+                    "parameters": [_id_parameter()],
+                    "responses": {
+                        "200": {"description": "As GET, without a body."},
+                        "404": {"description": "No such export."},
+                        "409": {"description": "The export has not completed yet."},
+                        "410": {"description": "The export is gone."},
+                    },
+                },
+            },
+            "/exports/{id}": {
+                "delete": {
+                    "operationId": "cancelExport",
+                    "summary": "Cancel a pending or running export, or delete a completed file",
+                    "parameters": [_id_parameter()],
+                    "responses": {
+                        "204": {"description": "Cancelled (repeating it is harmless)."},
+                        "404": _problem_response("No such export."),
+                    },
+                }
+            },
+            "/health": {
+                "get": {
+                    "operationId": "health",
+                    "summary": "Liveness; never touches the database",
+                    "responses": {
+                        "200": {
+                            "description": "The service is up.",
+                            "content": {
+                                "application/json": {
+                                    "schema": {"$ref": "#/components/schemas/Health"}
+                                }
+                            },
+                        }
+                    },
+                }
+            },
+            "/openapi.json": {
+                "get": {
+                    "operationId": "openapi",
+                    "summary": "This document",
+                    "responses": {"200": {"description": "OpenAPI 3.1 document."}},
+                }
+            },
+        },
+        "components": {"schemas": _SCHEMAS},
+    }

@@ -1,0 +1,255 @@
+"""One export, from a server-side cursor to a finished CSV file.
+
+Shape (the design card)::
+
+    reader task                         bounded channel               writer task
+    fetchmany(batch_rows) in a thread ─► (channel_batches batches) ─► encode + write in a thread
+                                                                      ─► <id>.csv.part
+
+The channel's capacity is the backpressure: when the writer falls behind, ``send`` blocks,
+so the reader stops calling ``fetchmany`` and PostgreSQL keeps the rest of the result on
+its side. At most ``channel_batches + 2`` batches are ever in memory (the channel's, the
+one being written, the one the reader holds while it waits to send).
+
+Cancellation: everything runs inside the caller's cancel scope. A thread cannot be
+interrupted, so a cancelled wait on ``fetchmany`` (or on the DECLARE/EXPLAIN before it)
+cancels the *query on the server*, which makes the blocked call return at once; the
+connection is closed, the ``.part`` file removed. A completed file only ever appears by
+rename, so it is never partial.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import logging
+import os
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+import psycopg
+import trio
+from psycopg.adapt import AdaptersMap
+from psycopg.rows import tuple_row
+from psycopg.types.string import TextLoader
+
+from exporter.csvfmt import Dialect, Row, encode_header, encode_rows
+from exporter.query import export_select
+from exporter.request import ExportRequest
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+# How long a cancelled export waits for its blocked database call to return after the
+# query was cancelled on the server; in practice that takes milliseconds.
+CANCEL_GRACE = 5.0
+
+
+def _text_adapters() -> AdaptersMap:
+    """Adapters that hand back every value as PostgreSQL's text output, untouched.
+
+    With the connection's client encoding at SQL_ASCII (see ``_connect``), psycopg's C
+    text loader returns the bytes as they came from the server: no parsing into
+    datetimes or Decimals and back, no decoding and re-encoding. Those bytes are exactly
+    what COPY would write for the value.
+    """
+    adapters = AdaptersMap(psycopg.adapters)
+    for info in psycopg.adapters.types:
+        for oid in (info.oid, info.array_oid):
+            if oid:
+                adapters.register_loader(oid, TextLoader)
+    return adapters
+
+
+TEXT_ADAPTERS = _text_adapters()
+
+
+@dataclasses.dataclass(slots=True)
+class Progress:
+    """Figures of a running export, updated by the pipeline and read by anyone.
+
+    Only trio tasks write them (never the worker threads), so no lock is needed.
+    """
+
+    total_rows: int | None = None
+    processed_rows: int = 0
+    bytes_written: int = 0
+    batches_fetched: int = 0
+    batches_written: int = 0
+    started_at: float | None = None  # time.monotonic() when rows began to flow
+
+
+class CsvFile:
+    """The file an export writes: ``<final>.part`` until ``commit`` renames it into place.
+
+    Its methods block (disk I/O, encoding) and are called from worker threads, one at a
+    time, never concurrently.
+    """
+
+    def __init__(self, final: Path, dialect: Dialect) -> None:
+        self.final = final
+        self.part = final.with_name(final.name + ".part")
+        self.dialect = dialect
+        self._file: Any = None
+
+    def open(self, columns: Sequence[str]) -> int:
+        # "x": never write over a file that is already there.
+        self._file = open(self.part, "xb")  # noqa: SIM115 - closed by commit() or discard()
+        return self.write(encode_header(columns, self.dialect))
+
+    def write_rows(self, rows: Sequence[Row]) -> int:
+        return self.write(encode_rows(rows, self.dialect))
+
+    def write(self, data: bytes) -> int:
+        self._file.write(data)
+        return len(data)
+
+    def commit(self) -> int:
+        """Flush, fsync, rename into place; returns the final size."""
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        self._file.close()
+        os.replace(self.part, self.final)
+        _fsync_dir(self.final.parent)
+        return self.final.stat().st_size
+
+    def discard(self) -> None:
+        if self._file is not None:
+            self._file.close()
+        self.part.unlink(missing_ok=True)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+async def run_cancellable(fn: Callable[..., T], *args: Any, cancel: Callable[[], None]) -> T:
+    """Run blocking ``fn(*args)`` in a worker thread; on cancellation, make it return.
+
+    When the surrounding scope is cancelled, ``cancel()`` is called (in another thread)
+    to make ``fn`` return early, e.g. by cancelling its query on the server, and only
+    once ``fn`` has really returned does ``Cancelled`` propagate, so the caller may then
+    close what ``fn`` was using.
+    """
+    token = trio.lowlevel.current_trio_token()
+    finished = trio.Event()
+
+    def work() -> T:
+        try:
+            return fn(*args)
+        finally:
+            with contextlib.suppress(trio.RunFinishedError):
+                token.run_sync_soon(finished.set)
+
+    try:
+        return await trio.to_thread.run_sync(work, abandon_on_cancel=True)
+    except trio.Cancelled:
+        with trio.CancelScope(shield=True):
+            await trio.to_thread.run_sync(cancel)
+            with trio.move_on_after(CANCEL_GRACE):
+                await finished.wait()
+            if not finished.is_set():
+                log.error("a database call did not return %.0f s after its cancel", CANCEL_GRACE)
+        raise
+
+
+def _connect(conninfo: str, application_name: str) -> psycopg.Connection[Any]:
+    conn = psycopg.connect(
+        conninfo,
+        autocommit=False,  # a server-side cursor lives in a transaction
+        context=TEXT_ADAPTERS,
+        row_factory=tuple_row,
+        application_name=application_name,
+        connect_timeout=10,
+        # UTC and ISO dates make the text of timestamps independent of the server's
+        # settings; SQL_ASCII makes the server send its UTF-8 bytes unconverted.
+        options="-c TimeZone=UTC -c DateStyle=ISO,MDY -c statement_timeout=0",
+        client_encoding="SQL_ASCII",
+    )
+    encoding = conn.info.parameter_status("server_encoding")
+    if encoding != "UTF8":
+        conn.close()
+        raise RuntimeError(f"the database's encoding is {encoding!r}; exports need a UTF8 database")
+    return conn
+
+
+def _estimate_rows(conn: psycopg.Connection[Any], query: Any, params: dict[str, str]) -> int:
+    """The planner's row estimate for the export: free, and exact enough for a progress bar."""
+    row = conn.execute(psycopg.sql.SQL("EXPLAIN (FORMAT JSON) {}").format(query), params).fetchone()
+    assert row is not None
+    plan = json.loads(row[0])
+    return int(plan[0]["Plan"]["Plan Rows"])
+
+
+async def export_csv(
+    conninfo: str,
+    request: ExportRequest,
+    final: Path,
+    *,
+    progress: Progress,
+    batch_rows: int,
+    channel_batches: int,
+    application_name: str = "exporter",
+    open_file: Callable[[Path, Dialect], CsvFile] = CsvFile,
+) -> int:
+    """Export ``request`` to the file ``final``; returns its size in bytes.
+
+    On any failure or cancellation no file is left behind: not ``final``, not its
+    ``.part``. ``open_file`` lets a test put a deliberately slow writer in place.
+    """
+    query, params = export_select(request)
+    dialect = Dialect.of(request.delimiter, request.quote_char)
+    out = open_file(final, dialect)
+    conn = await trio.to_thread.run_sync(_connect, conninfo, application_name)
+    cancel_query = conn.cancel_safe
+    committed = False
+    try:
+        progress.total_rows = await run_cancellable(
+            _estimate_rows, conn, query, params, cancel=cancel_query
+        )
+        cursor = conn.cursor(name="export")
+        await run_cancellable(cursor.execute, query, params, cancel=cancel_query)
+        progress.bytes_written = await trio.to_thread.run_sync(out.open, request.columns)
+        progress.started_at = time.monotonic()
+
+        send, receive = trio.open_memory_channel[list[Row]](channel_batches)
+
+        async def read_batches() -> None:
+            async with send:
+                while True:
+                    rows: list[Row] = await run_cancellable(
+                        cursor.fetchmany, batch_rows, cancel=cancel_query
+                    )
+                    if not rows:
+                        return
+                    progress.batches_fetched += 1
+                    await send.send(rows)
+
+        async def write_batches() -> None:
+            async with receive:
+                async for rows in receive:
+                    progress.bytes_written += await trio.to_thread.run_sync(out.write_rows, rows)
+                    progress.processed_rows += len(rows)
+                    progress.batches_written += 1
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(read_batches)
+            nursery.start_soon(write_batches)
+
+        size = await trio.to_thread.run_sync(out.commit)
+        committed = True
+        return size
+    finally:
+        with trio.CancelScope(shield=True):
+            if not committed:
+                await trio.to_thread.run_sync(out.discard)
+            # Closing ends the transaction and the backend with it.
+            await trio.to_thread.run_sync(conn.close)

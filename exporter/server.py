@@ -1,0 +1,59 @@
+"""Serving: the app on Hypercorn's trio worker, in-process, inside a trio-asyncio loop.
+
+The asyncio loop (for the job store's psycopg ``AsyncConnection``) is opened around the
+whole server, so every task Hypercorn starts (requests, the lifespan and with it the job
+manager) can reach it.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+
+import trio
+import trio_asyncio
+from hypercorn.config import Config
+from hypercorn.trio import serve
+
+from exporter.api import create_app
+from exporter.config import Settings
+
+log = logging.getLogger(__name__)
+
+# Seconds a stopping server gives open requests (downloads included) before it cuts them.
+GRACEFUL_TIMEOUT = 5.0
+
+
+def hypercorn_config(bind: str) -> Config:
+    config = Config()
+    config.bind = [bind]
+    config.graceful_timeout = GRACEFUL_TIMEOUT
+    config.accesslog = logging.getLogger("exporter.access")
+    config.errorlog = logging.getLogger("exporter.server")
+    return config
+
+
+async def wait_for_stop_signal() -> None:
+    """Return on the first SIGINT or SIGTERM: Hypercorn then shuts down gracefully."""
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async for signum in signals:
+            log.info("received %s, stopping", signal.Signals(signum).name)
+            return
+
+
+async def run_server(
+    settings: Settings,
+    conninfo: str,
+    *,
+    handle_signals: bool = True,
+    task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve until a stop signal (or until cancelled); ``task_status`` gets the bound URLs."""
+    app = create_app(settings, conninfo)
+    async with trio_asyncio.open_loop():
+        await serve(
+            app,
+            hypercorn_config(settings.bind),
+            shutdown_trigger=wait_for_stop_signal if handle_signals else None,
+            task_status=task_status,
+        )
