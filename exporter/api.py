@@ -240,11 +240,12 @@ def create_app(settings: Settings, conninfo: str) -> QuartTrio:
             )
         response = await send_file(
             jobs.file_path(job_id),
-            mimetype="text/csv; charset=utf-8",
+            mimetype="text/csv",
             as_attachment=True,
             attachment_filename=f"export_{job_id}.csv",
             conditional=True,
         )
+        response.headers["Content-Disposition"] = f'attachment; filename="export_{job_id}.csv"'
         response.headers["Vary"] = "Accept-Encoding"
         return response
 

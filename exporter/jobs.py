@@ -253,7 +253,6 @@ class JobManager:
             )
             nursery.cancel_scope.cancel()
         self._copy_progress(job)
-        record.total_rows = record.processed_rows  # the estimate has served its purpose
         record.file_size = size
         record.completed_at = utcnow()
         record.expires_at = record.completed_at + dt.timedelta(seconds=self.settings.export_ttl)

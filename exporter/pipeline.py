@@ -52,7 +52,7 @@ CANCEL_GRACE = 5.0
 def _text_adapters() -> AdaptersMap:
     """Adapters that hand back every value as PostgreSQL's text output, untouched.
 
-    With the connection's client encoding at SQL_ASCII (see ``_connect``), psycopg's C
+    With the connection's client encoding at SQL_ASCII (see ``open_text_connection``), psycopg's C
     text loader returns the bytes as they came from the server: no parsing into
     datetimes or Decimals and back, no decoding and re-encoding. Those bytes are exactly
     what COPY would write for the value.
@@ -161,7 +161,8 @@ async def run_cancellable(fn: Callable[..., T], *args: Any, cancel: Callable[[],
         raise
 
 
-def _connect(conninfo: str, application_name: str) -> psycopg.Connection[Any]:
+def open_text_connection(conninfo: str, application_name: str) -> psycopg.Connection[Any]:
+    """A connection whose rows are tuples of PostgreSQL's text output, as bytes."""
     conn = psycopg.connect(
         conninfo,
         autocommit=False,  # a server-side cursor lives in a transaction
@@ -208,7 +209,7 @@ async def export_csv(
     query, params = export_select(request)
     dialect = Dialect.of(request.delimiter, request.quote_char)
     out = open_file(final, dialect)
-    conn = await trio.to_thread.run_sync(_connect, conninfo, application_name)
+    conn = await trio.to_thread.run_sync(open_text_connection, conninfo, application_name)
     cancel_query = conn.cancel_safe
     committed = False
     try:
@@ -244,6 +245,7 @@ async def export_csv(
             nursery.start_soon(read_batches)
             nursery.start_soon(write_batches)
 
+        progress.total_rows = progress.processed_rows  # the estimate has served its purpose
         size = await trio.to_thread.run_sync(out.commit)
         committed = True
         return size

@@ -1,0 +1,134 @@
+"""Shared fixtures: a real PostgreSQL, a real Hypercorn on a loopback port.
+
+The database is the embedded one (started once per session in a temporary folder and
+deleted afterwards) unless ``TEST_DATABASE_URL`` names another. Its users table is seeded
+with ``TEST_SEED_ROWS`` rows (default 40,000) by the same code ``exporter serve`` uses.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+import tempfile
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import exporter  # noqa: F401  (first: trio_asyncio must be imported before psycopg)
+import httpx
+import psycopg
+import pytest
+import trio
+
+from exporter.config import Settings
+from exporter.embedded import embedded_database
+from exporter.query import copy_statement
+from exporter.request import ExportRequest
+from exporter.schema import apply_schema, seed_users
+from exporter.server import run_server
+
+SEED_ROWS = int(os.environ.get("TEST_SEED_ROWS", "40000"))
+
+
+@pytest.fixture(scope="session")
+def database() -> Iterator[str]:
+    url = os.environ.get("TEST_DATABASE_URL")
+    if url:
+        apply_schema(url, "schema")
+        seed_users(url, SEED_ROWS)
+        apply_schema(url, "indexes")
+        yield url
+        return
+    with tempfile.TemporaryDirectory(prefix="exporter-test-pg-") as folder:
+        with embedded_database(Path(folder) / "pgdata") as conninfo:
+            apply_schema(conninfo, "schema")
+            seed_users(conninfo, SEED_ROWS)
+            apply_schema(conninfo, "indexes")
+            yield conninfo
+
+
+def copy_oracle(conninfo: str, request: ExportRequest) -> bytes:
+    """What PostgreSQL's own COPY writes for the export's SELECT (SPEC §4)."""
+    statement, params = copy_statement(request)
+    out = bytearray()
+    with psycopg.connect(conninfo, options="-c TimeZone=UTC -c DateStyle=ISO,MDY") as conn:
+        with conn.cursor().copy(statement, params) as copy:
+            for chunk in copy:
+                out += chunk
+    return bytes(out)
+
+
+@pytest.fixture
+def oracle(database: str) -> Callable[[ExportRequest], bytes]:
+    return functools.partial(copy_oracle, database)
+
+
+@dataclasses.dataclass
+class Server:
+    url: str
+    settings: Settings
+    client: httpx.AsyncClient
+
+    async def create(self, **params: str) -> str:
+        """POST an export; returns its id."""
+        response = await self.client.post("/exports/csv", params=params)
+        assert response.status_code == 202, response.text
+        return str(response.json()["exportId"])
+
+    async def status(self, export_id: str) -> dict[str, Any]:
+        response = await self.client.get(f"/exports/{export_id}/status")
+        assert response.status_code == 200, response.text
+        return dict(response.json())
+
+    async def wait_for(
+        self, export_id: str, *statuses: str, timeout: float = 30.0
+    ) -> dict[str, Any]:
+        with trio.fail_after(timeout):
+            while True:
+                doc = await self.status(export_id)
+                if doc["status"] in statuses:
+                    return doc
+                await trio.sleep(0.02)
+
+
+StartServer = Callable[..., Awaitable[Server]]
+
+
+@pytest.fixture
+async def start_server(
+    nursery: trio.Nursery, database: str, tmp_path: Path
+) -> AsyncIterator[StartServer]:
+    clients: list[httpx.AsyncClient] = []
+
+    async def start(**overrides: Any) -> Server:
+        settings = Settings(
+            database_url=database,
+            export_dir=tmp_path / "exports",
+            bind="127.0.0.1:0",
+            progress_interval=0.1,
+        ).replace(**overrides)
+        binds = await nursery.start(
+            functools.partial(run_server, settings, database, handle_signals=False)
+        )
+        client = httpx.AsyncClient(base_url=binds[0], timeout=30)
+        clients.append(client)
+        return Server(binds[0], settings, client)
+
+    yield start
+    for client in clients:
+        await client.aclose()
+
+
+@pytest.fixture
+async def server(start_server: StartServer) -> Server:
+    return await start_server()
+
+
+def backends(conninfo: str, export_id: str) -> list[tuple[Any, ...]]:
+    """The export's database sessions still alive (pg_stat_activity)."""
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        return conn.execute(
+            "SELECT pid, state, query FROM pg_stat_activity WHERE application_name = %s",
+            (f"exporter {export_id}",),
+        ).fetchall()
