@@ -10,8 +10,8 @@ from __future__ import annotations
 import logging
 import signal
 
-import trio
 import trio_asyncio
+import trio
 from hypercorn.config import Config
 from hypercorn.trio import serve
 

@@ -14,8 +14,8 @@ import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any, ParamSpec, TypeVar
 
-import psycopg
 import trio_asyncio
+import psycopg
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 

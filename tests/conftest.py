@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import exporter  # noqa: F401  (first: trio_asyncio must be imported before psycopg)
+import trio_asyncio  # noqa: F401  (before psycopg: see exporter/__init__.py)
 import httpx
 import psycopg
 import pytest
@@ -40,22 +40,26 @@ def database() -> Iterator[str]:
         apply_schema(url, "indexes")
         yield url
         return
-    with tempfile.TemporaryDirectory(prefix="exporter-test-pg-") as folder:
-        with embedded_database(Path(folder) / "pgdata") as conninfo:
-            apply_schema(conninfo, "schema")
-            seed_users(conninfo, SEED_ROWS)
-            apply_schema(conninfo, "indexes")
-            yield conninfo
+    with (
+        tempfile.TemporaryDirectory(prefix="exporter-test-pg-") as folder,
+        embedded_database(Path(folder) / "pgdata") as conninfo,
+    ):
+        apply_schema(conninfo, "schema")
+        seed_users(conninfo, SEED_ROWS)
+        apply_schema(conninfo, "indexes")
+        yield conninfo
 
 
 def copy_oracle(conninfo: str, request: ExportRequest) -> bytes:
     """What PostgreSQL's own COPY writes for the export's SELECT (SPEC §4)."""
     statement, params = copy_statement(request)
     out = bytearray()
-    with psycopg.connect(conninfo, options="-c TimeZone=UTC -c DateStyle=ISO,MDY") as conn:
-        with conn.cursor().copy(statement, params) as copy:
-            for chunk in copy:
-                out += chunk
+    with (
+        psycopg.connect(conninfo, options="-c TimeZone=UTC -c DateStyle=ISO,MDY") as conn,
+        conn.cursor().copy(statement, params) as copy,
+    ):
+        for chunk in copy:
+            out += chunk
     return bytes(out)
 
 
@@ -132,3 +136,52 @@ def backends(conninfo: str, export_id: str) -> list[tuple[Any, ...]]:
             "SELECT pid, state, query FROM pg_stat_activity WHERE application_name = %s",
             (f"exporter {export_id}",),
         ).fetchall()
+
+
+class UsersLock:
+    """Holds ACCESS EXCLUSIVE on users from another session: a real way to make an
+    export's query block inside PostgreSQL for as long as a test needs."""
+
+    def __init__(self, conninfo: str) -> None:
+        self.conn = psycopg.connect(conninfo)
+        self.conn.execute("LOCK TABLE users IN ACCESS EXCLUSIVE MODE")
+
+    def release(self) -> None:
+        if not self.conn.closed:
+            self.conn.rollback()
+            self.conn.close()
+
+
+@pytest.fixture
+def users_lock(database: str) -> Iterator[Callable[[], UsersLock]]:
+    locks: list[UsersLock] = []
+
+    def take() -> UsersLock:
+        locks.append(UsersLock(database))
+        return locks[-1]
+
+    yield take
+    for lock in locks:
+        lock.release()
+
+
+async def wait_until_blocked(conninfo: str, export_id: str, timeout: float = 10.0) -> None:
+    """Wait until the export's backend is waiting for a lock."""
+    with trio.fail_after(timeout):
+        while True:
+            with psycopg.connect(conninfo, autocommit=True) as conn:
+                row = conn.execute(
+                    "SELECT 1 FROM pg_stat_activity"
+                    " WHERE application_name = %s AND wait_event_type = 'Lock'",
+                    (f"exporter {export_id}",),
+                ).fetchone()
+            if row:
+                return
+            await trio.sleep(0.02)
+
+
+async def wait_for_no_backend(conninfo: str, export_id: str, timeout: float = 1.0) -> None:
+    """The export's session must be gone from pg_stat_activity within ``timeout``."""
+    with trio.fail_after(timeout):
+        while backends(conninfo, export_id):
+            await trio.sleep(0.02)

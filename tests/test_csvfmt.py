@@ -33,9 +33,7 @@ def test_null_is_empty_and_empty_string_is_quoted() -> None:
 
 def test_quoting_rules() -> None:
     rows = [(b"a,b", b'say "hi"', b"line\nbreak", b"cr\rhere", b"plain")]
-    assert encode_rows(rows, COMMA) == (
-        b'"a,b","say ""hi""","line\nbreak","cr\rhere",plain\n'
-    )
+    assert encode_rows(rows, COMMA) == (b'"a,b","say ""hi""","line\nbreak","cr\rhere",plain\n')
 
 
 def test_custom_dialect_quotes_its_own_characters_only() -> None:
@@ -81,7 +79,9 @@ def scratch(database: str):  # type: ignore[no-untyped-def]
         yield conn
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(
     width=st.integers(1, 3),
     data=st.data(),

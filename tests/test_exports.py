@@ -96,8 +96,7 @@ async def test_download_headers(server: Server) -> None:
     assert response.headers["content-type"] == "text/csv; charset=utf-8"
     assert response.headers["content-length"] == str(doc["fileSize"])
     assert (
-        response.headers["content-disposition"]
-        == f'attachment; filename="export_{export_id}.csv"'
+        response.headers["content-disposition"] == f'attachment; filename="export_{export_id}.csv"'
     )
     assert response.headers["vary"] == "Accept-Encoding"
     assert response.content.count(b"\n") == SEED_ROWS + 1

@@ -1,0 +1,155 @@
+"""Cancellation (SPEC §3 DELETE, §6): stopped, query gone, file removed, within 1 s."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import psycopg
+import trio
+
+from exporter.csvfmt import Dialect, Row
+from exporter.pipeline import CsvFile, Progress, export_csv, open_text_connection, run_cancellable
+from exporter.request import ExportRequest
+from tests.conftest import (
+    Server,
+    UsersLock,
+    backends,
+    wait_for_no_backend,
+    wait_until_blocked,
+)
+
+
+class SlowCsvFile(CsvFile):
+    """A deliberately slow writer (a disk far slower than the database)."""
+
+    delay = 0.05
+
+    def write_rows(self, rows: Sequence[Row]) -> int:
+        time.sleep(self.delay)
+        return super().write_rows(rows)
+
+
+def slow_file(delay: float) -> Callable[[Path, Dialect], CsvFile]:
+    def open_file(final: Path, dialect: Dialect) -> CsvFile:
+        out = SlowCsvFile(final, dialect)
+        out.delay = delay
+        return out
+
+    return open_file
+
+
+async def test_delete_while_query_blocked_in_database(
+    server: Server, database: str, users_lock: Callable[[], UsersLock]
+) -> None:
+    lock = users_lock()
+    export_id = await server.create()
+    await wait_until_blocked(database, export_id)
+    assert (await server.status(export_id))["status"] == "processing"
+
+    started = time.monotonic()
+    response = await server.client.delete(f"/exports/{export_id}")
+    assert response.status_code == 204
+    assert time.monotonic() - started < 1.0
+    await wait_for_no_backend(database, export_id)
+
+    doc = await server.status(export_id)
+    assert doc["status"] == "cancelled"
+    assert doc["error"] is None
+    assert "downloadUrl" not in doc and doc["progress"]["percentage"] < 100
+    assert list(server.settings.export_dir.iterdir()) == []
+    assert (await server.client.get(f"/exports/{export_id}/download")).status_code == 410
+    assert (await server.client.delete(f"/exports/{export_id}")).status_code == 204
+    lock.release()
+
+    # The service is still good for work afterwards.
+    again = await server.create(columns="id", country_code="CA")
+    assert (await server.wait_for(again, "completed", "failed"))["status"] == "completed"
+
+
+async def test_cancel_while_writer_is_blocked(database: str, tmp_path: Path) -> None:
+    progress = Progress()
+    final = tmp_path / "slow.csv"
+    name = "exporter slow-writer"
+    with trio.CancelScope() as scope:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(
+                lambda: export_csv(
+                    database,
+                    ExportRequest(),
+                    final,
+                    progress=progress,
+                    batch_rows=200,
+                    channel_batches=2,
+                    application_name=name,
+                    open_file=slow_file(0.2),
+                )
+            )
+            with trio.fail_after(10):
+                while progress.batches_written < 2:
+                    await trio.sleep(0.01)
+            started = time.monotonic()
+            scope.cancel()
+    assert time.monotonic() - started < 1.0
+    assert list(tmp_path.iterdir()) == []
+    await wait_for_no_backend(database, "slow-writer")
+
+
+async def test_cancel_while_thread_is_inside_fetchmany(database: str) -> None:
+    conn = open_text_connection(database, "exporter inside-fetchmany")
+    try:
+        cursor = conn.cursor(name="slow")
+        # DECLARE only plans; the sleeping happens inside the FETCH of fetchmany.
+        cursor.execute("SELECT g, pg_sleep(30) FROM generate_series(1, 3) AS g")
+        started = time.monotonic()
+        with trio.move_on_after(0.3):
+            await run_cancellable(cursor.fetchmany, 10, cancel=conn.cancel_safe)
+        elapsed = time.monotonic() - started
+        assert 0.3 <= elapsed < 1.3
+        # The query is no longer running on the server.
+        sessions = backends(database, "inside-fetchmany")
+        assert len(sessions) == 1
+        assert sessions[0][1] != "active", sessions
+        assert conn.info.transaction_status == psycopg.pq.TransactionStatus.INERROR
+    finally:
+        conn.close()
+
+
+async def test_backpressure_stops_reading_when_the_writer_is_slow(
+    database: str, tmp_path: Path
+) -> None:
+    from tests.conftest import copy_oracle
+
+    capacity = 2
+    request = ExportRequest(country_code="US", subscription_tier="pro")
+    progress = Progress()
+    gaps: list[int] = []
+    final = tmp_path / "bp.csv"
+    async with trio.open_nursery() as nursery:
+        done = trio.Event()
+
+        async def run() -> None:
+            await export_csv(
+                database,
+                request,
+                final,
+                progress=progress,
+                batch_rows=50,
+                channel_batches=capacity,
+                open_file=slow_file(0.01),
+            )
+            done.set()
+
+        nursery.start_soon(run)
+        while not done.is_set():
+            gaps.append(progress.batches_fetched - progress.batches_written)
+            await trio.sleep(0.003)
+    assert progress.batches_written > 10 * capacity
+    assert progress.batches_fetched == progress.batches_written
+    # Never more fetched than written + what the channel holds + one being written
+    # + one the reader holds while it waits to send.
+    assert max(gaps) <= capacity + 2, gaps
+    # ... and the slow writer really made the reader wait: the gap was at its bound.
+    assert max(gaps) >= capacity
+    assert final.read_bytes() == copy_oracle(database, request)
