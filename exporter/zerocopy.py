@@ -1,0 +1,208 @@
+"""The ASGI "Zero Copy Send" extension for Hypercorn's trio worker, HTTP/1.1 over plain TCP.
+
+Written for Hypercorn 0.18 (pyproject pins ``>=0.18,<0.19``): Hypercorn does not implement
+``http.response.zerocopysend``, so this module adds it with four small wrappers, and only
+for the one transport where it is sound, HTTP/1.x without TLS on the trio worker:
+
+1. ``TaskGroup.spawn_app`` (trio worker) advertises the extension in the scope of such
+   requests;
+2. ``HTTPStream.app_send`` turns the app's ``http.response.zerocopysend`` message into a
+   ``FileBody`` protocol event;
+3. ``H11Protocol.stream_send`` passes that through h11 with ``send_with_data_passthrough``,
+   which keeps h11's framing and Content-Length accounting exact while the bytes
+   themselves never pass through Python;
+4. ``TCPServer.protocol_send`` sends the file range with ``os.sendfile`` straight from the
+   page cache, waiting for the socket to become writable with trio.
+
+Everything else (HTTP/2, TLS, the asyncio worker, another server) never sees the
+extension in its scope, so apps fall back to ordinary body messages there.
+
+A transfer that stops half-way (the client went away, or the app was cancelled) leaves
+the HTTP/1.1 framing broken, so the connection is closed; a client that makes no progress
+for ``STALL_TIMEOUT`` seconds is dropped, while a slow one is served however long it takes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import errno
+import functools
+import importlib.metadata
+import os
+from collections.abc import Awaitable, Callable
+from typing import Any, cast
+
+import h11
+import trio
+from hypercorn.events import Closed, RawData
+from hypercorn.events import Event as ServerEvent
+from hypercorn.protocol.events import Event as StreamEvent
+from hypercorn.protocol.h11 import H11Protocol
+from hypercorn.protocol.http_stream import ASGIHTTPState, HTTPStream
+from hypercorn.trio.task_group import TaskGroup
+from hypercorn.trio.tcp_server import TCPServer
+
+EXTENSION = "http.response.zerocopysend"
+SUPPORTED_HYPERCORN = ("0.18.",)
+# Seconds a client may accept no byte at all before it is considered gone.
+STALL_TIMEOUT = 120.0
+# Bytes per sendfile call: large enough to be cheap, small enough to stay responsive.
+SENDFILE_CHUNK = 1 << 20
+
+# Counts bytes sent by sendfile, for tests and metrics (the proof zero-copy is used).
+stats = {"sendfile_calls": 0, "sendfile_bytes": 0}
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class FileRange:
+    """A placeholder for file bytes: h11 only needs its length."""
+
+    fd: int
+    offset: int
+    count: int
+
+    def __len__(self) -> int:
+        return self.count
+
+
+@dataclasses.dataclass(frozen=True)
+class FileBody(StreamEvent):
+    """Stream event: send ``count`` bytes of ``fd`` from ``offset`` as body data."""
+
+    fd: int
+    offset: int
+    count: int
+
+
+@dataclasses.dataclass(frozen=True)
+class RawFile(ServerEvent):
+    """Server event: write this file range to the socket."""
+
+    range: FileRange
+
+
+def _advertises(scope: dict[str, Any]) -> bool:
+    return (
+        scope.get("type") == "http"
+        and scope.get("scheme") == "http"
+        and scope.get("http_version") in ("1.0", "1.1")
+    )
+
+
+def _wrap_spawn_app(original: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+    @functools.wraps(original)
+    async def spawn_app(self: TaskGroup, app: Any, config: Any, scope: Any, send: Any) -> Any:
+        if _advertises(scope):
+            scope["extensions"][EXTENSION] = {}
+        return await original(self, app, config, scope, send)
+
+    return spawn_app
+
+
+def _wrap_app_send(original: Callable[..., Awaitable[None]]) -> Callable[..., Awaitable[None]]:
+    @functools.wraps(original)
+    async def app_send(self: HTTPStream, message: Any) -> None:
+        if message is None or message.get("type") != EXTENSION:
+            return await original(self, message)
+        if self.state != ASGIHTTPState.RESPONSE:
+            raise RuntimeError(f"{EXTENSION} before http.response.start")
+        file = message["file"]
+        fd = file if isinstance(file, int) else file.fileno()
+        offset = message.get("offset")
+        offset = os.lseek(fd, 0, os.SEEK_CUR) if offset is None else offset
+        count = message.get("count")
+        count = os.fstat(fd).st_size - offset if count is None else count
+        if count > 0 and self.scope["method"] != "HEAD":
+            await self.send(FileBody(stream_id=self.stream_id, fd=fd, offset=offset, count=count))
+        if not message.get("more_body", False):
+            await self._send_closed()
+        return None
+
+    return app_send
+
+
+def _wrap_stream_send(original: Callable[..., Awaitable[None]]) -> Callable[..., Awaitable[None]]:
+    @functools.wraps(original)
+    async def stream_send(self: H11Protocol, event: Any) -> None:
+        if not isinstance(event, FileBody):
+            return await original(self, event)
+        file_range = FileRange(event.fd, event.offset, event.count)
+        # Only HTTP (not WebSocket) streams send files, so this is h11's own Connection.
+        connection = cast(h11.Connection, self.connection)
+        data = h11.Data(data=file_range)  # type: ignore[arg-type]  # h11 needs only len()
+        parts: list[Any] = connection.send_with_data_passthrough(data) or []
+        for part in parts:
+            if isinstance(part, FileRange):
+                await self.send(RawFile(range=part))
+            else:
+                await self.send(RawData(data=bytes(part)))
+        return None
+
+    return stream_send
+
+
+async def sendfile_all(sock: trio.socket.SocketType, file_range: FileRange) -> None:
+    """Write the range to the socket with os.sendfile, yielding to trio when it is full."""
+    offset, remaining = file_range.offset, file_range.count
+    out = sock.fileno()
+    while remaining > 0:
+        try:
+            sent = os.sendfile(out, file_range.fd, offset, min(remaining, SENDFILE_CHUNK))
+        except BlockingIOError:
+            with trio.fail_after(STALL_TIMEOUT):
+                await trio.lowlevel.wait_writable(sock)
+            continue
+        if sent == 0:  # the file is shorter than promised: never send made-up bytes
+            raise OSError(errno.EIO, "file ended before the promised length")
+        stats["sendfile_calls"] += 1
+        stats["sendfile_bytes"] += sent
+        offset += sent
+        remaining -= sent
+        await trio.lowlevel.checkpoint()
+
+
+def _wrap_protocol_send(
+    original: Callable[..., Awaitable[None]],
+) -> Callable[..., Awaitable[None]]:
+    @functools.wraps(original)
+    async def protocol_send(self: TCPServer, event: Any) -> None:
+        if not isinstance(event, RawFile):
+            return await original(self, event)
+        async with self.send_lock:
+            try:
+                await sendfile_all(self.stream.socket, event.range)
+                return None
+            except (OSError, trio.TooSlowError, trio.BrokenResourceError):
+                pass  # the client went away or stalled: close below
+            except BaseException:
+                # Cancelled half-way: the response framing is broken, so the
+                # connection cannot be reused.
+                with trio.CancelScope(shield=True):
+                    await self._close()
+                raise
+        with trio.CancelScope(shield=True):
+            await self._close()
+        await self.protocol.handle(Closed())
+        return None
+
+    return protocol_send
+
+
+_installed = False
+
+
+def install() -> None:
+    """Teach Hypercorn's trio worker the extension (idempotent)."""
+    global _installed
+    if _installed:
+        return
+    version = importlib.metadata.version("hypercorn")
+    if not version.startswith(SUPPORTED_HYPERCORN):
+        raise RuntimeError(
+            f"exporter.zerocopy was written for Hypercorn {SUPPORTED_HYPERCORN}, not {version}"
+        )
+    TaskGroup.spawn_app = _wrap_spawn_app(TaskGroup.spawn_app)  # type: ignore[method-assign,assignment]
+    HTTPStream.app_send = _wrap_app_send(HTTPStream.app_send)  # type: ignore[method-assign,assignment]
+    H11Protocol.stream_send = _wrap_stream_send(H11Protocol.stream_send)  # type: ignore[method-assign,assignment]
+    TCPServer.protocol_send = _wrap_protocol_send(TCPServer.protocol_send)  # type: ignore[method-assign,assignment]
+    _installed = True
