@@ -31,6 +31,8 @@ class Settings:
     channel_batches: int = 4
     # How long a completed file is kept (seconds); expiresAt in the status tells users.
     export_ttl: float = 24 * 3600.0
+    # Write a gzip copy of each export while it runs, for Accept-Encoding: gzip downloads.
+    gzip_exports: bool = True
     # How often a running job's progress is written to export_jobs (seconds).
     progress_interval: float = 0.5
 
@@ -63,6 +65,16 @@ class Settings:
                 raise SettingsError(f"{name} must be positive, got {raw!r}")
             return value
 
+        def flag(name: str, default: bool) -> bool:
+            raw = (env.get(name) or "").strip().lower()
+            if raw == "":
+                return default
+            if raw in ("1", "true", "yes", "on"):
+                return True
+            if raw in ("0", "false", "no", "off"):
+                return False
+            raise SettingsError(f"{name} must be 1/true/yes/on or 0/false/no/off, got {raw!r}")
+
         return cls(
             database_url=env.get("DATABASE_URL") or None,
             export_dir=Path(env.get("EXPORT_DIR") or defaults.export_dir),
@@ -74,6 +86,7 @@ class Settings:
             max_queued_exports=integer("MAX_QUEUED_EXPORTS", defaults.max_queued_exports, 0),
             batch_rows=integer("BATCH_ROWS", defaults.batch_rows, 1),
             channel_batches=integer("CHANNEL_BATCHES", defaults.channel_batches, 0),
+            gzip_exports=flag("GZIP_EXPORTS", defaults.gzip_exports),
             export_ttl=seconds("EXPORT_TTL", defaults.export_ttl),
             progress_interval=seconds("PROGRESS_INTERVAL", defaults.progress_interval),
         )

@@ -17,6 +17,7 @@ import datetime as dt
 import errno
 import logging
 import re
+import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -25,7 +26,7 @@ import psycopg
 import trio
 
 from exporter.config import Settings
-from exporter.pipeline import Progress, export_csv
+from exporter.pipeline import Progress, export_csv, gzip_path
 from exporter.request import ExportRequest
 from exporter.store import JobRecord, JobStore, utcnow
 
@@ -37,7 +38,8 @@ SHUTDOWN_ERROR = "interrupted by a shutdown of the service; please start the exp
 FINAL_SAVE_TIMEOUT = 5.0
 
 _EXPORT_FILE = re.compile(
-    r"^(?P<id>[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})\.csv(?P<part>\.part)?$"
+    r"^(?P<id>[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})"
+    r"\.csv(?:\.gz)?(?P<part>\.part)?$"
 )
 
 
@@ -148,7 +150,7 @@ class JobManager:
         position = self._waiting.index(job) + 1 if job in self._waiting else None
         rate = None
         if job.progress.started_at is not None:
-            elapsed = trio.current_time() - job.progress.started_at
+            elapsed = time.monotonic() - job.progress.started_at
             if elapsed > 0:
                 rate = job.progress.processed_rows / elapsed
         return JobView(record, queue_position=position, rows_per_second=rate)
@@ -192,8 +194,9 @@ class JobManager:
 
     def _remove_files(self, job_id: uuid.UUID) -> None:
         final = self.file_path(job_id)
-        for path in (final, final.with_name(final.name + ".part")):
+        for path in (final, gzip_path(final)):
             path.unlink(missing_ok=True)
+            path.with_name(path.name + ".part").unlink(missing_ok=True)
 
     async def _run(self, job: Job) -> None:
         record = job.record
@@ -249,6 +252,7 @@ class JobManager:
                 progress=job.progress,
                 batch_rows=self.settings.batch_rows,
                 channel_batches=self.settings.channel_batches,
+                gzip=self.settings.gzip_exports,
                 application_name=f"exporter {record.id}",
             )
             nursery.cancel_scope.cancel()

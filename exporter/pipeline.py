@@ -32,6 +32,7 @@ from typing import Any, TypeVar
 
 import psycopg
 import trio
+from isal import isal_zlib
 from psycopg.adapt import AdaptersMap
 from psycopg.rows import tuple_row
 from psycopg.types.string import TextLoader
@@ -43,6 +44,14 @@ from exporter.request import ExportRequest
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+
+# isal's default level: its best speed for its size here (level 3 halves the speed for
+# a 1% smaller file). wbits 16 + 15: a gzip member with header and trailer.
+GZIP_LEVEL = isal_zlib.ISAL_DEFAULT_COMPRESSION
+GZIP_WBITS = 31
+
+# Encoded batches that may wait for the compressor.
+GZIP_CHANNEL_BLOCKS = 2
 
 # How long a cancelled export waits for its blocked database call to return after the
 # query was cancelled on the server; in practice that takes milliseconds.
@@ -83,44 +92,77 @@ class Progress:
     started_at: float | None = None  # time.monotonic() when rows began to flow
 
 
-class CsvFile:
-    """The file an export writes: ``<final>.part`` until ``commit`` renames it into place.
+class PartFile:
+    """A file written as ``<final>.part`` and renamed into place only by ``commit``.
 
-    Its methods block (disk I/O, encoding) and are called from worker threads, one at a
-    time, never concurrently.
+    Its methods block (disk I/O, encoding, compressing) and are called from worker
+    threads, one at a time, never concurrently.
     """
 
-    def __init__(self, final: Path, dialect: Dialect) -> None:
+    def __init__(self, final: Path) -> None:
         self.final = final
         self.part = final.with_name(final.name + ".part")
-        self.dialect = dialect
         self._file: Any = None
 
-    def open(self, columns: Sequence[str]) -> int:
+    def open(self) -> None:
         # "x": never write over a file that is already there.
         self._file = open(self.part, "xb")  # noqa: SIM115 - closed by commit() or discard()
-        return self.write(encode_header(columns, self.dialect))
-
-    def write_rows(self, rows: Sequence[Row]) -> int:
-        return self.write(encode_rows(rows, self.dialect))
 
     def write(self, data: bytes) -> int:
         self._file.write(data)
         return len(data)
 
     def commit(self) -> int:
-        """Flush, fsync, rename into place; returns the final size."""
+        """Flush, fsync and rename into place; returns the final size."""
         self._file.flush()
         os.fsync(self._file.fileno())
         self._file.close()
         os.replace(self.part, self.final)
-        _fsync_dir(self.final.parent)
         return self.final.stat().st_size
 
     def discard(self) -> None:
         if self._file is not None:
             self._file.close()
         self.part.unlink(missing_ok=True)
+
+
+class CsvFile(PartFile):
+    """The export's CSV: rows are encoded here, in the writer's worker thread."""
+
+    def __init__(self, final: Path, dialect: Dialect) -> None:
+        super().__init__(final)
+        self.dialect = dialect
+
+    def open_with_header(self, columns: Sequence[str]) -> bytes:
+        self.open()
+        header = encode_header(columns, self.dialect)
+        self.write(header)
+        return header
+
+    def write_rows(self, rows: Sequence[Row]) -> bytes:
+        """Encode and write ``rows``; returns the CSV bytes (for the gzip copy)."""
+        data = encode_rows(rows, self.dialect)
+        self.write(data)
+        return data
+
+
+class GzipFile(PartFile):
+    """The gzip copy of the CSV, made while the export runs so downloads need not compress.
+
+    isal's igzip deflate: about 4 times zlib's speed at a like ratio, and it releases the
+    GIL while it works, so it runs beside the CSV writer on the other core.
+    """
+
+    def __init__(self, final: Path) -> None:
+        super().__init__(final)
+        self._deflate = isal_zlib.compressobj(GZIP_LEVEL, isal_zlib.DEFLATED, GZIP_WBITS)
+
+    def write(self, data: bytes) -> int:
+        return super().write(self._deflate.compress(data))
+
+    def commit(self) -> int:
+        super().write(self._deflate.flush())
+        return super().commit()
 
 
 def _fsync_dir(path: Path) -> None:
@@ -190,6 +232,10 @@ def _estimate_rows(conn: psycopg.Connection[Any], query: Any, params: dict[str, 
     return int(plan[0]["Plan"]["Plan Rows"])
 
 
+def gzip_path(final: Path) -> Path:
+    return final.with_name(final.name + ".gz")
+
+
 async def export_csv(
     conninfo: str,
     request: ExportRequest,
@@ -198,17 +244,21 @@ async def export_csv(
     progress: Progress,
     batch_rows: int,
     channel_batches: int,
+    gzip: bool = True,
     application_name: str = "exporter",
     open_file: Callable[[Path, Dialect], CsvFile] = CsvFile,
 ) -> int:
-    """Export ``request`` to the file ``final``; returns its size in bytes.
+    """Export ``request`` to the file ``final`` (and ``final.gz``); returns the CSV's size.
 
     On any failure or cancellation no file is left behind: not ``final``, not its
-    ``.part``. ``open_file`` lets a test put a deliberately slow writer in place.
+    ``.part``, no gzip copy. ``open_file`` lets a test put a deliberately slow writer in
+    place.
     """
     query, params = export_select(request)
     dialect = Dialect.of(request.delimiter, request.quote_char)
-    out = open_file(final, dialect)
+    files: list[PartFile] = [csv_file := open_file(final, dialect)]
+    if gzip:
+        files.append(gz_file := GzipFile(gzip_path(final)))
     conn = await trio.to_thread.run_sync(open_text_connection, conninfo, application_name)
     cancel_query = conn.cancel_safe
     committed = False
@@ -218,13 +268,17 @@ async def export_csv(
         )
         cursor = conn.cursor(name="export")
         await run_cancellable(cursor.execute, query, params, cancel=cancel_query)
-        progress.bytes_written = await trio.to_thread.run_sync(out.open, request.columns)
+        header = await trio.to_thread.run_sync(csv_file.open_with_header, request.columns)
+        progress.bytes_written = len(header)
         progress.started_at = time.monotonic()
 
-        send, receive = trio.open_memory_channel[list[Row]](channel_batches)
+        send_rows, receive_rows = trio.open_memory_channel[list[Row]](channel_batches)
+        # The gzip copy follows the CSV through a channel of its own, so that compressing
+        # runs beside writing instead of after it (and never holds up the reader).
+        send_csv, receive_csv = trio.open_memory_channel[bytes](GZIP_CHANNEL_BLOCKS)
 
         async def read_batches() -> None:
-            async with send:
+            async with send_rows:
                 while True:
                     rows: list[Row] = await run_cancellable(
                         cursor.fetchmany, batch_rows, cancel=cancel_query
@@ -232,26 +286,42 @@ async def export_csv(
                     if not rows:
                         return
                     progress.batches_fetched += 1
-                    await send.send(rows)
+                    await send_rows.send(rows)
 
         async def write_batches() -> None:
-            async with receive:
-                async for rows in receive:
-                    progress.bytes_written += await trio.to_thread.run_sync(out.write_rows, rows)
+            async with receive_rows, send_csv:
+                if gzip:
+                    await send_csv.send(header)
+                async for rows in receive_rows:
+                    data = await trio.to_thread.run_sync(csv_file.write_rows, rows)
+                    progress.bytes_written += len(data)
                     progress.processed_rows += len(rows)
                     progress.batches_written += 1
+                    if gzip:
+                        await send_csv.send(data)
+
+        async def compress() -> None:
+            await trio.to_thread.run_sync(gz_file.open)
+            async with receive_csv:
+                async for data in receive_csv:
+                    await trio.to_thread.run_sync(gz_file.write, data)
 
         async with trio.open_nursery() as nursery:
             nursery.start_soon(read_batches)
             nursery.start_soon(write_batches)
+            if gzip:
+                nursery.start_soon(compress)
 
         progress.total_rows = progress.processed_rows  # the estimate has served its purpose
-        size = await trio.to_thread.run_sync(out.commit)
+        # The gzip copy is renamed first: once the CSV is in place, everything is.
+        sizes = [await trio.to_thread.run_sync(f.commit) for f in reversed(files)]
+        await trio.to_thread.run_sync(_fsync_dir, final.parent)
         committed = True
-        return size
+        return sizes[-1]
     finally:
         with trio.CancelScope(shield=True):
             if not committed:
-                await trio.to_thread.run_sync(out.discard)
+                for f in files:
+                    await trio.to_thread.run_sync(f.discard)
             # Closing ends the transaction and the backend with it.
             await trio.to_thread.run_sync(conn.close)
