@@ -13,13 +13,17 @@ import uuid
 from typing import Any
 
 import psycopg
-from quart import Response, request, send_file
+from hypercorn.typing import ASGISendCallable
+from quart import Response, request
 from quart_trio import QuartTrio
+from quart_trio.asgi import TrioASGIHTTPConnection
 from werkzeug.exceptions import HTTPException
 
 from exporter.config import Settings
+from exporter.download import FileResponse, open_download
 from exporter.jobs import JobManager, JobView, QueueFull
 from exporter.openapi import openapi_document
+from exporter.ranges import Plan
 from exporter.request import FieldError, RequestInvalid, parse_export_request
 from exporter.store import JobStore
 
@@ -130,8 +134,24 @@ async def _export_params() -> dict[str, object] | Response:
     return params
 
 
+class HTTPConnection(TrioASGIHTTPConnection):
+    """Quart-Trio's connection, except that a ``FileResponse`` sends itself.
+
+    Quart's response machinery only emits ``http.response.body`` messages; answering a
+    download here, after Quart's routing, validation and job lookup, is what lets it use
+    the zero-copy extension.
+    """
+
+    async def _send_response(self, send: ASGISendCallable, response: Any) -> None:
+        if isinstance(response, FileResponse):
+            await response.send_asgi(send, self.scope)
+        else:
+            await super()._send_response(send, response)
+
+
 def create_app(settings: Settings, conninfo: str) -> QuartTrio:
     app = QuartTrio(__name__)
+    app.asgi_http_class = HTTPConnection
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
     # The job manager's own cleanup bounds shutdown; Quart must not cut it short.
     app.config["BACKGROUND_TASK_SHUTDOWN_TIMEOUT"] = None
@@ -238,16 +258,18 @@ def create_app(settings: Settings, conninfo: str) -> QuartTrio:
                 f"the export is {status}; its file is not available",
                 exportStatus=status,
             )
-        response = await send_file(
-            jobs.file_path(job_id),
-            mimetype="text/csv",
-            as_attachment=True,
-            attachment_filename=f"export_{job_id}.csv",
-            conditional=True,
-        )
-        response.headers["Content-Disposition"] = f'attachment; filename="export_{job_id}.csv"'
-        response.headers["Vary"] = "Accept-Encoding"
-        return response
+        headers = {name.lower(): value for name, value in request.headers.items()}
+        answer = await open_download(jobs.file_path(job_id), str(job_id), headers, request.method)
+        if answer is None:  # removed between the lookup and the open
+            return problem(410, "Export gone", "the export's file is no longer available")
+        if isinstance(answer, Plan):
+            response = problem(
+                416, "Range Not Satisfiable", "the requested range lies outside the file"
+            )
+            response.headers.update(dict(answer.headers))
+            response.headers.pop("Content-Length", None)
+            return response
+        return answer
 
     @app.delete("/exports/<raw_id>")
     async def cancel_export(raw_id: str) -> Response:

@@ -15,6 +15,7 @@ import trio
 from hypercorn.config import Config
 from hypercorn.trio import serve
 
+from exporter import zerocopy
 from exporter.api import create_app
 from exporter.config import Settings
 
@@ -49,6 +50,7 @@ async def run_server(
     task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve until a stop signal (or until cancelled); ``task_status`` gets the bound URLs."""
+    zerocopy.install()
     app = create_app(settings, conninfo)
     async with trio_asyncio.open_loop():
         await serve(

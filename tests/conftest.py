@@ -2,7 +2,8 @@
 
 The database is the embedded one (started once per session in a temporary folder and
 deleted afterwards) unless ``TEST_DATABASE_URL`` names another. Its users table is seeded
-with ``TEST_SEED_ROWS`` rows (default 40,000) by the same code ``exporter serve`` uses.
+with ``TEST_SEED_ROWS`` rows (default 150,000: a full export is tens of MB) by the same
+code ``exporter serve`` uses.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from exporter.request import ExportRequest
 from exporter.schema import apply_schema, seed_users
 from exporter.server import run_server
 
-SEED_ROWS = int(os.environ.get("TEST_SEED_ROWS", "40000"))
+SEED_ROWS = int(os.environ.get("TEST_SEED_ROWS", "150000"))
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,175 @@
+"""Downloads of finished exports (SPEC §3 GET|HEAD /exports/{id}/download), top to bottom.
+
+1. ``choose_encoding``: gzip when the client's ``Accept-Encoding`` admits it and the
+   export has its gzip copy (made while it ran; nothing is compressed per request).
+2. ``open_download``: open the file first (so a later delete cannot pull it away mid-way),
+   stat it, and let ``ranges.plan_response`` decide status, range and validators.
+3. ``FileResponse.send_asgi``: headers, then the bytes: by the ASGI zero-copy extension
+   (``os.sendfile`` from the page cache, see ``zerocopy``) when the server offers it, else
+   in large chunks read in a worker thread. Either way one chunk at most is in memory,
+   however slow the client, and nothing is left open once it goes away.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import trio
+from hypercorn.typing import ASGISendCallable
+from quart import Response
+from quart.utils import encode_headers
+
+from exporter.pipeline import gzip_path
+from exporter.ranges import FileVersion, Plan, make_etag, plan_response
+from exporter.zerocopy import EXTENSION
+
+# Bytes per read on the fallback path: few round trips, bounded memory per client.
+CHUNK = 256 * 1024
+
+
+def _codings(accept_encoding: str) -> dict[str, float]:
+    weights: dict[str, float] = {}
+    for item in accept_encoding.split(","):
+        coding, _, params = item.partition(";")
+        coding = coding.strip().lower()
+        if not coding:
+            continue
+        q = 1.0
+        for param in params.split(";"):
+            name, _, value = param.partition("=")
+            if name.strip().lower() == "q":
+                try:
+                    q = min(max(float(value.strip()), 0.0), 1.0)
+                except ValueError:
+                    q = 0.0  # an unreadable weight: do not guess in favour of the coding
+        weights[coding] = q
+    return weights
+
+
+def choose_encoding(accept_encoding: str | None) -> str | None:
+    """``"gzip"`` if the client prefers it at least as much as identity, else None.
+
+    RFC 9110 §12.5.3: codings not listed take the weight of ``*`` if present, identity is
+    acceptable unless excluded, and ``q=0`` means "not acceptable".
+    """
+    if not accept_encoding:
+        return None
+    weights = _codings(accept_encoding)
+    star = weights.get("*")
+    gzip_q = weights.get("gzip", weights.get("x-gzip", star if star is not None else 0.0))
+    identity_q = weights.get("identity", star if star is not None else 1.0)
+    if gzip_q > 0 and gzip_q >= identity_q:
+        return "gzip"
+    return None
+
+
+class FileResponse(Response):
+    """A file, or a range of it, from an open descriptor; sent at the ASGI level."""
+
+    def __init__(self, file: BinaryIO, plan: Plan, headers: Mapping[str, str], method: str) -> None:
+        super().__init__(b"", status=plan.status)
+        self.headers.update(headers)
+        self.headers.update(dict(plan.headers))
+        if plan.status == 304:
+            self.headers.pop("Content-Length", None)
+        self.file = file
+        self.start = plan.start
+        self.length = 0 if method == "HEAD" or plan.status == 304 else plan.length
+        # However long a slow client takes, it is served to the end (Quart's default
+        # RESPONSE_TIMEOUT would cut it after a minute).
+        self.timeout = None
+
+    async def send_asgi(self, send: ASGISendCallable, scope: Mapping[str, Any]) -> None:
+        try:
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": self.status_code,
+                    "headers": encode_headers(self.headers),
+                }
+            )
+            if self.length and EXTENSION in scope.get("extensions", {}):
+                await send(
+                    {  # type: ignore[arg-type]
+                        "type": EXTENSION,
+                        "file": self.file,
+                        "offset": self.start,
+                        "count": self.length,
+                        "more_body": False,
+                    }
+                )
+                return
+            offset, end = self.start, self.start + self.length
+            fd = self.file.fileno()
+            while offset < end:
+                chunk = await trio.to_thread.run_sync(
+                    os.pread, fd, min(CHUNK, end - offset), offset
+                )
+                if not chunk:
+                    raise OSError("the file ended before its announced length")
+                offset += len(chunk)
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+        finally:
+            self.file.close()
+
+
+def _open(path: Path) -> tuple[BinaryIO, os.stat_result]:
+    file = open(path, "rb", buffering=0)  # noqa: SIM115 - FileResponse closes it
+    try:
+        return file, os.fstat(file.fileno())
+    except BaseException:
+        file.close()
+        raise
+
+
+async def open_download(
+    csv_path: Path,
+    export_id: str,
+    request_headers: Mapping[str, str],
+    method: str,
+) -> FileResponse | Plan | None:
+    """The response for a completed export's file.
+
+    Returns a ``FileResponse`` (200, 206, 304), the ``Plan`` of a 416 for the caller to
+    answer as a problem document, or None when the file is gone.
+    """
+    encoding = choose_encoding(request_headers.get("accept-encoding"))
+    path = gzip_path(csv_path) if encoding == "gzip" else csv_path
+    try:
+        file, stat = await trio.to_thread.run_sync(_open, path)
+    except FileNotFoundError:
+        if encoding is None:
+            return None
+        # Made without its gzip copy (GZIP_EXPORTS=0): the CSV itself will do.
+        encoding, path = None, csv_path
+        try:
+            file, stat = await trio.to_thread.run_sync(_open, path)
+        except FileNotFoundError:
+            return None
+    version = FileVersion(
+        size=stat.st_size,
+        mtime=stat.st_mtime,
+        etag=make_etag(stat.st_size, stat.st_mtime_ns, stat.st_ino, "-gz" if encoding else ""),
+    )
+    plan = plan_response(version, request_headers)
+    if plan.status == 416:
+        file.close()
+        return plan
+    headers = {
+        "Content-Type": "text/csv; charset=utf-8",
+        "Content-Disposition": f'attachment; filename="export_{export_id}.csv"',
+        "Vary": "Accept-Encoding",
+        # User data: no shared caches; and no proxy may recompress what Range counts in.
+        "Cache-Control": "private, no-transform",
+    }
+    if encoding:
+        headers["Content-Encoding"] = encoding
+    try:
+        return FileResponse(file, plan, headers, method)
+    except BaseException:
+        file.close()
+        raise
