@@ -12,51 +12,26 @@ bench/results/throughput.json.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
-import platform
-import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import trio_asyncio  # noqa: F401  (before psycopg: see exporter/__init__.py)
-import httpx
 import psycopg
 
-from exporter.embedded import embedded_database
+from bench.common import DATA, EXPORTS, RESULTS, machine, seeded_database, service
 from exporter.query import export_select
 from exporter.request import ExportRequest, parse_export_request
-from exporter.schema import apply_schema, count_users, seed_users
-
-HERE = Path(__file__).resolve().parent
-DATA = HERE / "data"
-RESULTS = HERE / "results"
 
 SCENARIOS: list[tuple[str, dict[str, str]]] = [
     ("all columns", {}),
     ("US, 2 columns", {"country_code": "US", "columns": "id,email"}),
     ("tab + single quote", {"delimiter": "\t", "quoteChar": "'"}),
 ]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-@contextlib.contextmanager
-def database(url: str | None) -> Iterator[str]:
-    if url:
-        yield url
-    else:
-        with embedded_database(DATA / "pgdata") as conninfo:
-            yield conninfo
 
 
 def psql_copy(conninfo: str, request: ExportRequest, out: Path) -> float:
@@ -75,20 +50,6 @@ def psql_copy(conninfo: str, request: ExportRequest, out: Path) -> float:
     return time.perf_counter() - started
 
 
-def api_export(client: httpx.Client, params: dict[str, str]) -> tuple[float, str]:
-    started = time.perf_counter()
-    response = client.post("/exports/csv", params=params)
-    response.raise_for_status()
-    export_id = response.json()["exportId"]
-    while True:
-        doc = client.get(f"/exports/{export_id}/status").json()
-        if doc["status"] == "completed":
-            return time.perf_counter() - started, export_id
-        if doc["status"] in ("failed", "cancelled"):
-            raise RuntimeError(f"export {export_id} {doc['status']}: {doc['error']}")
-        time.sleep(0.05)
-
-
 def files_equal(a: Path, b: Path) -> bool:
     return subprocess.run(["cmp", "-s", str(a), str(b)]).returncode == 0
 
@@ -99,75 +60,35 @@ def main() -> int:
     parser.add_argument("--database-url", default=os.environ.get("BENCH_DATABASE_URL"))
     args = parser.parse_args()
 
-    DATA.mkdir(exist_ok=True)
-    RESULTS.mkdir(exist_ok=True)
-    exports = DATA / "exports"
-    exports.mkdir(exist_ok=True)
     results: list[dict[str, Any]] = []
-    with database(args.database_url) as conninfo:
-        apply_schema(conninfo, "schema")
-        if count_users(conninfo) != args.rows:
-            with psycopg.connect(conninfo, autocommit=True) as conn:
-                conn.execute("TRUNCATE users RESTART IDENTITY")
-            print(f"seeding {args.rows:,} users…", file=sys.stderr)
-            seed_users(conninfo, args.rows)
-        apply_schema(conninfo, "indexes")
+    with seeded_database(args.database_url, args.rows) as conninfo, service(conninfo) as app:
+        for name, params in SCENARIOS:
+            request = parse_export_request(params)
+            baseline = DATA / "psql.csv"
+            psql_seconds = psql_copy(conninfo, request, baseline)
+            api_seconds, export_id = app.export(params)
+            produced = EXPORTS / f"{export_id}.csv"
+            size = produced.stat().st_size
+            doc = app.client.get(f"/exports/{export_id}/status").json()
+            rows = doc["progress"]["processedRows"]
+            results.append(
+                {
+                    "scenario": name,
+                    "params": params,
+                    "rows": rows,
+                    "bytes": size,
+                    "psql_seconds": round(psql_seconds, 3),
+                    "export_seconds": round(api_seconds, 3),
+                    "ratio": round(api_seconds / psql_seconds, 2),
+                    "export_rows_per_second": round(rows / api_seconds),
+                    "export_mb_per_second": round(size / api_seconds / 1e6, 1),
+                    "identical": files_equal(produced, baseline),
+                }
+            )
+            app.client.delete(f"/exports/{export_id}")
+            baseline.unlink()
 
-        port = free_port()
-        env = {
-            **os.environ,
-            "DATABASE_URL": conninfo,
-            "EXPORT_DIR": str(exports),
-            "BIND": f"127.0.0.1:{port}",
-        }
-        server = subprocess.Popen(
-            [sys.executable, "-m", "exporter", "serve"],
-            env=env,
-            stderr=subprocess.DEVNULL,
-        )
-        try:
-            with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
-                for _ in range(100):
-                    with contextlib.suppress(httpx.TransportError):
-                        if client.get("/health").status_code == 200:
-                            break
-                    time.sleep(0.1)
-                for name, params in SCENARIOS:
-                    request = parse_export_request(params)
-                    baseline = DATA / "psql.csv"
-                    psql_seconds = psql_copy(conninfo, request, baseline)
-                    api_seconds, export_id = api_export(client, params)
-                    produced = exports / f"{export_id}.csv"
-                    size = produced.stat().st_size
-                    rows = client.get(f"/exports/{export_id}/status").json()["progress"][
-                        "processedRows"
-                    ]
-                    results.append(
-                        {
-                            "scenario": name,
-                            "params": params,
-                            "rows": rows,
-                            "bytes": size,
-                            "psql_seconds": round(psql_seconds, 3),
-                            "export_seconds": round(api_seconds, 3),
-                            "ratio": round(api_seconds / psql_seconds, 2),
-                            "export_rows_per_second": round(rows / api_seconds),
-                            "export_mb_per_second": round(size / api_seconds / 1e6, 1),
-                            "identical": files_equal(produced, baseline),
-                        }
-                    )
-                    client.delete(f"/exports/{export_id}")
-                    baseline.unlink()
-        finally:
-            server.terminate()
-            server.wait(30)
-
-    report = {
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores,"
-        f" Python {platform.python_version()}",
-        "rows_in_table": args.rows,
-        "results": results,
-    }
+    report = {"machine": machine(), "rows_in_table": args.rows, "results": results}
     (RESULTS / "throughput.json").write_text(json.dumps(report, indent=2) + "\n")
     print(
         f"{'scenario':<20} {'rows':>11} {'MB':>8} {'psql s':>8} {'export s':>9} "

@@ -259,7 +259,13 @@ def create_app(settings: Settings, conninfo: str) -> QuartTrio:
                 exportStatus=status,
             )
         headers = {name.lower(): value for name, value in request.headers.items()}
-        answer = await open_download(jobs.file_path(job_id), str(job_id), headers, request.method)
+        answer = await open_download(
+            jobs.file_path(job_id),
+            str(job_id),
+            headers,
+            request.method,
+            zero_copy=settings.zero_copy,
+        )
         if answer is None:  # removed between the lookup and the open
             return problem(410, "Export gone", "the export's file is no longer available")
         if isinstance(answer, Plan):

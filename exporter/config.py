@@ -33,6 +33,9 @@ class Settings:
     export_ttl: float = 24 * 3600.0
     # Write a gzip copy of each export while it runs, for Accept-Encoding: gzip downloads.
     gzip_exports: bool = True
+    # Send downloads with os.sendfile where the transport allows (HTTP/1.1 cleartext);
+    # off: always read the file in chunks (for comparison, or odd filesystems).
+    zero_copy: bool = True
     # How often a running job's progress is written to export_jobs (seconds).
     progress_interval: float = 0.5
 
@@ -87,6 +90,7 @@ class Settings:
             batch_rows=integer("BATCH_ROWS", defaults.batch_rows, 1),
             channel_batches=integer("CHANNEL_BATCHES", defaults.channel_batches, 0),
             gzip_exports=flag("GZIP_EXPORTS", defaults.gzip_exports),
+            zero_copy=flag("ZERO_COPY", defaults.zero_copy),
             export_ttl=seconds("EXPORT_TTL", defaults.export_ttl),
             progress_interval=seconds("PROGRESS_INTERVAL", defaults.progress_interval),
         )

@@ -69,13 +69,21 @@ def choose_encoding(accept_encoding: str | None) -> str | None:
 class FileResponse(Response):
     """A file, or a range of it, from an open descriptor; sent at the ASGI level."""
 
-    def __init__(self, file: BinaryIO, plan: Plan, headers: Mapping[str, str], method: str) -> None:
+    def __init__(
+        self,
+        file: BinaryIO,
+        plan: Plan,
+        headers: Mapping[str, str],
+        method: str,
+        zero_copy: bool = True,
+    ) -> None:
         super().__init__(b"", status=plan.status)
         self.headers.update(headers)
         self.headers.update(dict(plan.headers))
         if plan.status == 304:
             self.headers.pop("Content-Length", None)
         self.file = file
+        self.zero_copy = zero_copy
         self.start = plan.start
         self.length = 0 if method == "HEAD" or plan.status == 304 else plan.length
         # However long a slow client takes, it is served to the end (Quart's default
@@ -91,7 +99,7 @@ class FileResponse(Response):
                     "headers": encode_headers(self.headers),
                 }
             )
-            if self.length and EXTENSION in scope.get("extensions", {}):
+            if self.length and self.zero_copy and EXTENSION in scope.get("extensions", {}):
                 await send(
                     {  # type: ignore[arg-type]
                         "type": EXTENSION,
@@ -131,6 +139,8 @@ async def open_download(
     export_id: str,
     request_headers: Mapping[str, str],
     method: str,
+    *,
+    zero_copy: bool = True,
 ) -> FileResponse | Plan | None:
     """The response for a completed export's file.
 
@@ -169,7 +179,7 @@ async def open_download(
     if encoding:
         headers["Content-Encoding"] = encoding
     try:
-        return FileResponse(file, plan, headers, method)
+        return FileResponse(file, plan, headers, method, zero_copy)
     except BaseException:
         file.close()
         raise

@@ -310,3 +310,14 @@ def count_tasks() -> int:
 
 def test_curl_is_available() -> None:
     assert subprocess.run(["curl", "--version"], capture_output=True).returncode == 0
+
+
+async def test_zero_copy_can_be_switched_off(start_server, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """ZERO_COPY=0: HTTP/1.1 downloads take the chunked path, with the same bytes."""
+    server = await start_server(zero_copy=False)
+    export_id = await completed_export(server, subscription_tier="enterprise")
+    expected = file_of(server, export_id, "identity")
+    before = zerocopy.stats["sendfile_bytes"]
+    status, _, body, _ = await curl("--http1.1", f"{server.url}/exports/{export_id}/download")
+    assert status == 200 and body == expected
+    assert zerocopy.stats["sendfile_bytes"] == before

@@ -1,0 +1,108 @@
+"""What the benchmarks share: a seeded database, the service as a separate process."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import platform
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import trio_asyncio  # noqa: F401  (before psycopg: see exporter/__init__.py)
+import httpx
+import psycopg
+
+from exporter.embedded import embedded_database
+from exporter.schema import apply_schema, count_users, seed_users
+
+HERE = Path(__file__).resolve().parent
+DATA = HERE / "data"
+RESULTS = HERE / "results"
+EXPORTS = DATA / "exports"
+
+
+def machine() -> str:
+    return f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
+
+
+@contextlib.contextmanager
+def seeded_database(url: str | None, rows: int) -> Iterator[str]:
+    """``url``, or an embedded server under bench/data/ (kept between runs), with ``rows``
+    users."""
+    for folder in (DATA, RESULTS, EXPORTS):
+        folder.mkdir(exist_ok=True)
+    with contextlib.ExitStack() as stack:
+        conninfo = url or stack.enter_context(embedded_database(DATA / "pgdata"))
+        apply_schema(conninfo, "schema")
+        if count_users(conninfo) != rows:
+            with psycopg.connect(conninfo, autocommit=True) as conn:
+                conn.execute("TRUNCATE users RESTART IDENTITY")
+            print(f"seeding {rows:,} users…", file=sys.stderr)
+            seed_users(conninfo, rows)
+        apply_schema(conninfo, "indexes")
+        yield conninfo
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclasses.dataclass
+class Service:
+    url: str
+    process: subprocess.Popen[bytes]
+    client: httpx.Client
+
+    def cpu_seconds(self) -> float:
+        """User + system CPU time of the service process so far."""
+        fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def export(self, params: dict[str, str]) -> tuple[float, str]:
+        """POST an export and wait for it; returns (seconds, export id)."""
+        started = time.perf_counter()
+        response = self.client.post("/exports/csv", params=params)
+        response.raise_for_status()
+        export_id = str(response.json()["exportId"])
+        while True:
+            doc = self.client.get(f"/exports/{export_id}/status").json()
+            if doc["status"] == "completed":
+                return time.perf_counter() - started, export_id
+            if doc["status"] in ("failed", "cancelled"):
+                raise RuntimeError(f"export {export_id} {doc['status']}: {doc['error']}")
+            time.sleep(0.05)
+
+
+@contextlib.contextmanager
+def service(conninfo: str, **env: str) -> Iterator[Service]:
+    """``exporter serve`` as its own process, as in production, until the block ends."""
+    port = free_port()
+    environment = {
+        **os.environ,
+        "DATABASE_URL": conninfo,
+        "EXPORT_DIR": str(EXPORTS),
+        "BIND": f"127.0.0.1:{port}",
+        **env,
+    }
+    process = subprocess.Popen(
+        [sys.executable, "-m", "exporter", "serve"], env=environment, stderr=subprocess.DEVNULL
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        with httpx.Client(base_url=url, timeout=60) as client:
+            for _ in range(300):
+                with contextlib.suppress(httpx.TransportError):
+                    if client.get("/health").status_code == 200:
+                        break
+                time.sleep(0.1)
+            yield Service(url, process, client)
+    finally:
+        process.terminate()
+        process.wait(60)
