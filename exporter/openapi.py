@@ -190,15 +190,30 @@ _SCHEMAS: dict[str, Any] = {
 }
 
 
+def _header(name: str, description: str) -> dict[str, Any]:
+    return {"name": name, "in": "header", "description": description, "schema": {"type": "string"}}
+
+
+_DOWNLOAD_PARAMETERS: list[dict[str, Any]] = [
+    _id_parameter(),
+    _header("Accept-Encoding", "gzip (q>0) gets the gzip copy made during the export."),
+    _header("Range", "One range: bytes=a-b, bytes=a- or bytes=-n (of the chosen encoding)."),
+    _header("If-Range", "An ETag or HTTP date; Range applies only if it still matches."),
+    _header("If-None-Match", "ETags; a match gives 304 Not Modified."),
+]
+
+
 def openapi_document() -> dict[str, Any]:
     download_headers = {
         name: {"schema": {"type": "string"}}
         for name in (
             "Content-Length",
             "Content-Disposition",
+            "Content-Encoding",
             "Accept-Ranges",
             "ETag",
             "Last-Modified",
+            "Vary",
         )
     }
     return {
@@ -259,7 +274,7 @@ def openapi_document() -> dict[str, Any]:
                 "get": {
                     "operationId": "downloadExport",
                     "summary": "The CSV file of a completed export",
-                    "parameters": [_id_parameter()],
+                    "parameters": _DOWNLOAD_PARAMETERS,
                     "responses": {
                         "200": {
                             "description": "The whole file.",
@@ -267,7 +282,7 @@ def openapi_document() -> dict[str, Any]:
                             "content": {"text/csv": {"schema": {"type": "string"}}},
                         },
                         "206": {
-                            "description": "The requested byte range.",
+                            "description": "The requested byte range (Content-Range).",
                             "content": {"text/csv": {"schema": {"type": "string"}}},
                         },
                         "304": {"description": "Not modified (If-None-Match matched)."},
@@ -280,7 +295,7 @@ def openapi_document() -> dict[str, Any]:
                 "head": {
                     "operationId": "headExport",
                     "summary": "The download's headers, without the body",
-                    "parameters": [_id_parameter()],
+                    "parameters": _DOWNLOAD_PARAMETERS,
                     "responses": {
                         "200": {"description": "As GET, without a body."},
                         "404": {"description": "No such export."},
