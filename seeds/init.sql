@@ -68,7 +68,8 @@ $$;
 
 -- section: seed
 
-SELECT exporter_seed_users(1, 10000000);
+-- Tops users up to 10M rows: a second run adds nothing.
+SELECT exporter_seed_users(count(*) + 1, 10000000) FROM users;
 
 -- section: indexes
 
