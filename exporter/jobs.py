@@ -226,14 +226,15 @@ class JobManager:
                 self._waiting.remove(job)
             if job.cancel_requested:
                 status, error = "cancelled", None
-            if status != "completed":
-                record.completed_at = utcnow()
-                record.file_size = None
-                await trio.to_thread.run_sync(self._remove_files, record.id)
             record.status, record.error = status, error
             self._copy_progress(job)
+            # Shielded: when the server stops, this cleanup must still run to the end.
             with trio.CancelScope(shield=True) as final_scope:
                 final_scope.deadline = trio.current_time() + FINAL_SAVE_TIMEOUT
+                if status != "completed":
+                    record.completed_at = utcnow()
+                    record.file_size = None
+                    await trio.to_thread.run_sync(self._remove_files, record.id)
                 try:
                     await self.store.save(record)
                 except Exception:

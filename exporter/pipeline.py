@@ -25,6 +25,7 @@ import dataclasses
 import json
 import logging
 import os
+import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -183,8 +184,16 @@ async def run_cancellable(fn: Callable[..., T], *args: Any, cancel: Callable[[],
     """
     token = trio.lowlevel.current_trio_token()
     finished = trio.Event()
+    # Whether fn started, decided under a lock: a call cancelled before its thread picked
+    # it up must never start later, on a connection the caller is about to close.
+    lock = threading.Lock()
+    state = {"started": False, "withdrawn": False}
 
     def work() -> T:
+        with lock:
+            if state["withdrawn"]:
+                raise RuntimeError("withdrawn")  # never seen: the caller has moved on
+            state["started"] = True
         try:
             return fn(*args)
         finally:
@@ -194,12 +203,19 @@ async def run_cancellable(fn: Callable[..., T], *args: Any, cancel: Callable[[],
     try:
         return await trio.to_thread.run_sync(work, abandon_on_cancel=True)
     except trio.Cancelled:
-        with trio.CancelScope(shield=True):
-            await trio.to_thread.run_sync(cancel)
-            with trio.move_on_after(CANCEL_GRACE):
-                await finished.wait()
-            if not finished.is_set():
-                log.error("a database call did not return %.0f s after its cancel", CANCEL_GRACE)
+        with lock:
+            started, state["withdrawn"] = state["started"], True
+        if started:
+            with trio.CancelScope(shield=True):
+                await trio.to_thread.run_sync(cancel)
+                with trio.move_on_after(CANCEL_GRACE):
+                    await finished.wait()
+                if not finished.is_set():
+                    log.error(
+                        "%s did not return %.0f s after its cancel",
+                        getattr(fn, "__qualname__", fn),
+                        CANCEL_GRACE,
+                    )
         raise
 
 

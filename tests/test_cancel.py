@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+import httpx
 import psycopg
 import trio
 
+from exporter.config import Settings
 from exporter.csvfmt import Dialect, Row
+from exporter.jobs import SHUTDOWN_ERROR
 from exporter.pipeline import CsvFile, Progress, export_csv, open_text_connection, run_cancellable
 from exporter.request import ExportRequest
+from exporter.server import run_server
 from tests.conftest import (
     Server,
     UsersLock,
@@ -153,3 +158,29 @@ async def test_backpressure_stops_reading_when_the_writer_is_slow(
     # ... and the slow writer really made the reader wait: the gap was at its bound.
     assert max(gaps) >= capacity
     assert final.read_bytes() == copy_oracle(database, request)
+
+
+async def test_stopping_the_server_records_running_exports(
+    database: str, tmp_path: Path, users_lock: Callable[[], UsersLock]
+) -> None:
+    settings = Settings(database_url=database, export_dir=tmp_path / "exports", bind="127.0.0.1:0")
+    users_lock()
+    async with trio.open_nursery() as nursery:
+        binds = await nursery.start(
+            functools.partial(run_server, settings, database, handle_signals=False)
+        )
+        async with httpx.AsyncClient(base_url=binds[0]) as client:
+            running = (await client.post("/exports/csv")).json()["exportId"]
+            await wait_until_blocked(database, running)
+            queued = [(await client.post("/exports/csv")).json()["exportId"] for _ in range(2)]
+        started = time.monotonic()
+        nursery.cancel_scope.cancel()
+    assert time.monotonic() - started < 2.0
+    with psycopg.connect(database) as conn:
+        for export_id in (running, *queued):
+            row = conn.execute(
+                "SELECT status, error FROM export_jobs WHERE id = %s", (export_id,)
+            ).fetchone()
+            assert row == ("failed", SHUTDOWN_ERROR)
+    assert list(settings.export_dir.iterdir()) == []
+    await wait_for_no_backend(database, running)
