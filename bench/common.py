@@ -21,7 +21,8 @@ from exporter.embedded import embedded_database
 from exporter.schema import apply_schema, count_users, seed_users
 
 HERE = Path(__file__).resolve().parent
-DATA = HERE / "data"
+# BENCH_DATA: another folder for the embedded database and exports (e.g. a small one).
+DATA = Path(os.environ.get("BENCH_DATA") or HERE / "data")
 RESULTS = HERE / "results"
 EXPORTS = DATA / "exports"
 
@@ -35,7 +36,7 @@ def seeded_database(url: str | None, rows: int) -> Iterator[str]:
     """``url``, or an embedded server under bench/data/ (kept between runs), with ``rows``
     users."""
     for folder in (DATA, RESULTS, EXPORTS):
-        folder.mkdir(exist_ok=True)
+        folder.mkdir(parents=True, exist_ok=True)
     with contextlib.ExitStack() as stack:
         conninfo = url or stack.enter_context(embedded_database(DATA / "pgdata"))
         apply_schema(conninfo, "schema")
