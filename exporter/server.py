@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import signal
-import sys
 
 import trio_asyncio
 import trio
@@ -21,12 +20,6 @@ from exporter.api import create_app
 from exporter.config import Settings
 
 log = logging.getLogger(__name__)
-
-# How long a thread may hold the GIL while another waits for it. The event loop shares
-# the GIL with the export threads (fetching, encoding); at CPython's default of 5 ms each
-# of the loop's several GIL waits per request adds up, and /health's p99 under two
-# exports passed 50 ms. Measured with bench/health.py.
-GIL_SWITCH_INTERVAL = 0.001
 
 # Seconds a stopping server gives open requests (downloads included) before it cuts them.
 GRACEFUL_TIMEOUT = 5.0
@@ -57,7 +50,6 @@ async def run_server(
     task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve until a stop signal (or until cancelled); ``task_status`` gets the bound URLs."""
-    sys.setswitchinterval(GIL_SWITCH_INTERVAL)
     zerocopy.install()
     app = create_app(settings, conninfo)
     async with trio_asyncio.open_loop():
