@@ -12,7 +12,6 @@ import trio
 from tqdm import tqdm
 
 from exporter.config import Settings, SettingsError
-from exporter.embedded import embedded_database
 from exporter.schema import apply_schema, count_users, seed_users
 from exporter.server import run_server
 
@@ -26,9 +25,16 @@ def database(settings: Settings) -> Iterator[str]:
     """``DATABASE_URL`` if set, else the embedded server (started, and stopped on exit)."""
     if settings.database_url:
         yield settings.database_url
-    else:
-        with embedded_database(settings.embedded_pg_dir) as conninfo:
-            yield conninfo
+        return
+    try:
+        from exporter.embedded import embedded_database
+    except ImportError:
+        raise SystemExit(
+            "exporter: DATABASE_URL is not set and the embedded PostgreSQL is not installed;"
+            " set DATABASE_URL, or pip install 'exporter[embedded]'"
+        ) from None
+    with embedded_database(settings.embedded_pg_dir) as conninfo:
+        yield conninfo
 
 
 def seed_with_progress(conninfo: str, rows: int) -> None:
