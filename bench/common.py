@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import datetime as dt
 import os
 import platform
 import socket
@@ -67,18 +68,24 @@ class Service:
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
     def export(self, params: dict[str, str]) -> tuple[float, str]:
-        """POST an export and wait for it; returns (seconds, export id)."""
-        started = time.perf_counter()
+        """POST an export and wait for it; returns (seconds, export id).
+
+        The seconds are the service's own, createdAt to completedAt, so that polling can
+        be gentle: every status request takes the GIL from the export for a moment, and
+        polling at 20 Hz made exports measurably (about 20%) slower.
+        """
         response = self.client.post("/exports/csv", params=params)
         response.raise_for_status()
         export_id = str(response.json()["exportId"])
         while True:
             doc = self.client.get(f"/exports/{export_id}/status").json()
             if doc["status"] == "completed":
-                return time.perf_counter() - started, export_id
+                created = dt.datetime.fromisoformat(doc["createdAt"])
+                completed = dt.datetime.fromisoformat(doc["completedAt"])
+                return (completed - created).total_seconds(), export_id
             if doc["status"] in ("failed", "cancelled"):
                 raise RuntimeError(f"export {export_id} {doc['status']}: {doc['error']}")
-            time.sleep(0.05)
+            time.sleep(0.5)
 
 
 @contextlib.contextmanager
