@@ -25,7 +25,7 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import psutil
@@ -39,14 +39,19 @@ EARLIER = {"country_code": "US"}
 MB = 1e6
 
 
-def tree_rss(pid: int) -> int:
-    """Resident bytes of process ``pid`` and all its descendants."""
+def tree_total(pid: int, measure: Callable[[psutil.Process], int]) -> int:
+    """``measure`` summed over process ``pid`` and all its descendants."""
     root = psutil.Process(pid)
     total = 0
     for process in [root, *root.children(recursive=True)]:
         with contextlib.suppress(psutil.NoSuchProcess):
-            total += process.memory_info().rss
+            total += measure(process)
     return total
+
+
+def tree_rss(pid: int) -> int:
+    """Resident bytes of process ``pid`` and all its descendants."""
+    return tree_total(pid, lambda process: int(process.memory_info().rss))
 
 
 def every(seconds: float) -> Iterator[float]:

@@ -18,7 +18,6 @@ bench/results/slow_clients.json, prints a table.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import filecmp
 import json
 import os
@@ -30,22 +29,15 @@ import urllib.parse
 from pathlib import Path
 from typing import Any
 
-import psutil
-
 from bench.common import DATA, EXPORTS, RESULTS, machine, seeded_database, service
-from bench.memory import every, tree_rss
+from bench.memory import every, tree_rss, tree_total
 
 MB = 1e6
 
 
 def tree_fds(pid: int) -> int:
     """Open file descriptors of process ``pid`` and all its descendants."""
-    root = psutil.Process(pid)
-    total = 0
-    for process in [root, *root.children(recursive=True)]:
-        with contextlib.suppress(psutil.NoSuchProcess):
-            total += process.num_fds()
-    return total
+    return tree_total(pid, lambda process: int(process.num_fds()))
 
 
 def snapshot(pid: int) -> dict[str, float]:
