@@ -9,9 +9,9 @@ only joining and, where needed, quoting. PostgreSQL's rules (``CopyAttributeOutC
   cannot be read as COPY's end-of-data marker;
 - header names follow the same rules; lines end with ``\\n``.
 
-``encode_rows`` first joins a whole batch with no per-value work and checks the result with
-a handful of substring scans (all in C); only a batch that fails a check takes the slow,
-per-value path.
+``encode_rows`` joins a whole batch into one buffer, where a few memchr scans prove that no
+value needs quotes or find the few that do; only those values are touched in Python. NULLs
+and empty strings (rare in practice) send a batch down the per-value path.
 """
 
 from __future__ import annotations

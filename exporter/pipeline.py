@@ -6,6 +6,10 @@ Shape (the design card)::
     fetchmany(batch_rows) in a thread ─► (channel_batches batches) ─► encode + write in a thread
                                                                       ─► <id>.csv.part
 
+The writer also hands each encoded block, through a second small channel, to a compressor
+task that writes ``<id>.csv.gz`` (isal, in its own thread: it releases the GIL), so gzip
+downloads need no compression per request.
+
 The channel's capacity is the backpressure: when the writer falls behind, ``send`` blocks,
 so the reader stops calling ``fetchmany`` and PostgreSQL keeps the rest of the result on
 its side. At most ``channel_batches + 2`` batches are ever in memory (the channel's, the

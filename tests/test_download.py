@@ -3,6 +3,7 @@ slow and vanished clients. A real Hypercorn on loopback, real files, real curl."
 
 from __future__ import annotations
 
+import functools
 import gzip
 import os
 import re
@@ -202,11 +203,20 @@ async def test_interrupted_download_resumes_byte_identical(
     expected = file_of(server, export_id, encoding)
     out = tmp_path / "download"
     accept = ["-H", f"Accept-Encoding: {encoding}"]
-    # A slow first attempt, cut off part-way through.
-    with trio.move_on_after(1.0):
-        await trio.run_process(
-            ["curl", "-s", "--limit-rate", "300k", *accept, "-o", str(out), url], check=False
+    # A slow first attempt, cut off part-way through: killed as soon as it has some bytes
+    # (curl's rate limit lets a first burst through, so a fixed delay is not enough).
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(
+            functools.partial(
+                trio.run_process,
+                ["curl", "-s", "--limit-rate", "100k", *accept, "-o", str(out), url],
+                check=False,
+            )
         )
+        with trio.fail_after(10):
+            while not out.exists() or out.stat().st_size == 0:
+                await trio.sleep(0.005)
+        nursery.cancel_scope.cancel()
     partial = out.stat().st_size
     assert 0 < partial < len(expected)
     await trio.run_process(["curl", "-s", "-f", "-C", "-", *accept, "-o", str(out), url])
@@ -255,7 +265,7 @@ async def test_slow_client_is_served_to_the_end_with_flat_memory(
     expected = file_of(server, export_id, "identity")
     assert len(expected) > 10_000_000  # tens of MB: the seed makes it so
     out = tmp_path / "slow.csv"
-    rate = 4_000_000  # bytes/s: a few seconds for the whole file
+    rate = 2_000_000  # bytes/s: several seconds for the whole file
     samples: list[int] = []
     async with trio.open_nursery() as nursery:
         done = trio.Event()
@@ -270,7 +280,7 @@ async def test_slow_client_is_served_to_the_end_with_flat_memory(
         nursery.start_soon(download)
         while not done.is_set():
             samples.append(rss_bytes())
-            await trio.sleep(0.1)
+            await trio.sleep(0.05)
     assert out.read_bytes() == expected
     assert len(samples) > 20
     # The whole file went out; the server's memory did not follow it.
