@@ -180,7 +180,10 @@ class JobManager:
             job.cancel_requested = True
             job.scope.cancel()
             await job.done.wait()
-            return True
+            if job.record.status != "completed":
+                return True
+            # It completed while recording its end, too late to notice the cancel: it is a
+            # completed export now, withdrawn below like any other.
         record = await self.store.get(job_id)
         if record is None:
             return False
