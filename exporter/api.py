@@ -156,7 +156,9 @@ def create_app(settings: Settings, conninfo: str) -> QuartTrio:
     app = QuartTrio(__name__)
     app.asgi_http_class = HTTPConnection
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
-    # The job manager's own cleanup bounds shutdown; Quart must not cut it short.
+    # On shutdown Quart-Trio then cancels its lifespan nursery at once, and with it the job
+    # manager: running exports stop and clean up in shielded scopes (jobs.py), each within
+    # a few seconds, before the store closes.
     app.config["BACKGROUND_TASK_SHUTDOWN_TIMEOUT"] = None
     store = JobStore(conninfo)
     jobs = JobManager(settings, conninfo, store)
@@ -165,10 +167,6 @@ def create_app(settings: Settings, conninfo: str) -> QuartTrio:
     @app.before_serving
     async def start_jobs() -> None:
         await app.nursery.start(jobs.run)
-
-    @app.after_serving
-    async def close_store() -> None:
-        await store.close()
 
     @app.errorhandler(HTTPException)
     async def http_error(error: HTTPException) -> Response:

@@ -97,15 +97,22 @@ class JobManager:
     # -- lifecycle ---------------------------------------------------------------------
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Recover from a previous process, then hold the jobs' nursery until cancelled."""
-        await self.recover()
-        async with trio.open_nursery() as nursery:
-            self._nursery = nursery
-            task_status.started()
-            try:
-                await trio.sleep_forever()
-            finally:
-                self._nursery = None
+        """Recover from a previous process, then hold the jobs' nursery until cancelled.
+
+        The store is closed last, once every job has recorded how it ended.
+        """
+        try:
+            await self.recover()
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                task_status.started()
+                try:
+                    await trio.sleep_forever()
+                finally:
+                    self._nursery = None
+        finally:
+            with trio.CancelScope(shield=True):
+                await self.store.close()
 
     async def recover(self) -> None:
         """Fail jobs a previous process left unfinished and remove files no job owns.
