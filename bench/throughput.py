@@ -31,6 +31,7 @@ from exporter.request import ExportRequest, parse_export_request
 SCENARIOS: list[tuple[str, dict[str, str], dict[str, str]]] = [
     ("all columns", {}, {}),
     ("all columns, no gzip", {}, {"GZIP_EXPORTS": "0"}),
+    ("all columns, ROW_SOURCE=copy", {}, {"ROW_SOURCE": "copy"}),
     ("US, 2 columns", {"country_code": "US", "columns": "id,email"}, {}),
     ("tab + single quote", {"delimiter": "\t", "quoteChar": "'"}, {}),
 ]

@@ -13,7 +13,7 @@ from tqdm import tqdm
 
 from exporter.config import Settings, SettingsError
 from exporter.schema import apply_schema, count_users, seed_users
-from exporter.server import run_server
+from exporter.server import limit_malloc_arenas, run_server
 
 DEFAULT_SEED_ROWS = 10_000_000
 
@@ -93,6 +93,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if seed_rows:
             seed_with_progress(conninfo, seed_rows)
         apply_schema(conninfo, "indexes")
+        limit_malloc_arenas()
         trio.run(run_server, settings, conninfo)
     return 0
 

@@ -11,6 +11,9 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
+# The pipeline's row sources (exporter.pipeline), named here so settings import nothing heavy.
+ROW_SOURCES = ("cursor", "copy")
+
 
 class SettingsError(ValueError):
     """An environment variable holds a value the service cannot use."""
@@ -29,6 +32,9 @@ class Settings:
     # cursor and the CSV writer. Together they bound the memory of a running export.
     batch_rows: int = 5000
     channel_batches: int = 4
+    # Where rows come from: "cursor" (the server-side cursor, values encoded here) or
+    # "copy" (PostgreSQL's COPY TO STDOUT writes the CSV lines; about twice as fast).
+    row_source: str = "cursor"
     # How long a completed file is kept (seconds); expiresAt in the status tells users.
     export_ttl: float = 24 * 3600.0
     # Write a gzip copy of each export while it runs, for Accept-Encoding: gzip downloads.
@@ -78,6 +84,14 @@ class Settings:
                 return False
             raise SettingsError(f"{name} must be 1/true/yes/on or 0/false/no/off, got {raw!r}")
 
+        def choice(name: str, default: str, choices: tuple[str, ...]) -> str:
+            raw = (env.get(name) or "").strip().lower()
+            if raw == "":
+                return default
+            if raw not in choices:
+                raise SettingsError(f"{name} must be one of {', '.join(choices)}, got {raw!r}")
+            return raw
+
         return cls(
             database_url=env.get("DATABASE_URL") or None,
             export_dir=Path(env.get("EXPORT_DIR") or defaults.export_dir),
@@ -89,6 +103,7 @@ class Settings:
             max_queued_exports=integer("MAX_QUEUED_EXPORTS", defaults.max_queued_exports, 0),
             batch_rows=integer("BATCH_ROWS", defaults.batch_rows, 1),
             channel_batches=integer("CHANNEL_BATCHES", defaults.channel_batches, 0),
+            row_source=choice("ROW_SOURCE", defaults.row_source, ROW_SOURCES),
             gzip_exports=flag("GZIP_EXPORTS", defaults.gzip_exports),
             zero_copy=flag("ZERO_COPY", defaults.zero_copy),
             export_ttl=seconds("EXPORT_TTL", defaults.export_ttl),

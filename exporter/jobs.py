@@ -264,6 +264,7 @@ class JobManager:
                 batch_rows=self.settings.batch_rows,
                 channel_batches=self.settings.channel_batches,
                 gzip=self.settings.gzip_exports,
+                row_source=self.settings.row_source,
                 application_name=f"exporter {record.id}",
             )
             nursery.cancel_scope.cancel()

@@ -13,8 +13,12 @@ from exporter.request import USER_COLUMNS, ExportRequest
 Params = dict[str, str]
 
 
-def export_select(request: ExportRequest) -> tuple[sql.Composed, Params]:
+def export_select(request: ExportRequest, *, inline: bool = False) -> tuple[sql.Composed, Params]:
     """The export's SELECT and its parameters.
+
+    ``inline``: filter values as quoted literals (``sql.Literal``, psycopg's own quoting)
+    instead of parameters, for a statement sent where parameters cannot go (COPY through
+    libpq directly); the parameters returned are then empty.
 
     Rows come in ``id`` order: a stable order users expect, and the one the COPY oracle
     reproduces exactly (a plain sequential scan may start mid-table when another scan of
@@ -25,12 +29,19 @@ def export_select(request: ExportRequest) -> tuple[sql.Composed, Params]:
             raise ValueError(f"column {column!r} is not exportable")
     conditions: list[sql.Composable] = []
     params: Params = {}
-    if request.country_code is not None:
-        conditions.append(sql.SQL("country_code = %(country_code)s"))
-        params["country_code"] = request.country_code
-    if request.subscription_tier is not None:
-        conditions.append(sql.SQL("subscription_tier = %(subscription_tier)s"))
-        params["subscription_tier"] = request.subscription_tier
+    for column, value in (
+        ("country_code", request.country_code),
+        ("subscription_tier", request.subscription_tier),
+    ):
+        if value is None:
+            continue
+        if inline:
+            conditions.append(sql.SQL("{} = {}").format(sql.Identifier(column), sql.Literal(value)))
+        else:
+            conditions.append(
+                sql.SQL("{} = {}").format(sql.Identifier(column), sql.Placeholder(column))
+            )
+            params[column] = value
     where = sql.SQL(" WHERE ") + sql.SQL(" AND ").join(conditions) if conditions else sql.SQL("")
     query = sql.SQL("SELECT {columns} FROM users{where} ORDER BY id").format(
         columns=sql.SQL(", ").join(sql.Identifier(c) for c in request.columns),
@@ -39,14 +50,22 @@ def export_select(request: ExportRequest) -> tuple[sql.Composed, Params]:
     return query, params
 
 
-def copy_statement(request: ExportRequest) -> tuple[sql.Composed, Params]:
+def copy_statement(
+    request: ExportRequest, *, header: bool = True, inline: bool = False
+) -> tuple[sql.Composed, Params]:
     """``COPY (<the export's SELECT>) TO STDOUT`` in the request's CSV dialect.
 
     What PostgreSQL itself writes for this statement is the byte-for-byte oracle of an
-    export's file (SPEC §4); tests and the benchmarks' baseline use it.
+    export's file (SPEC §4); tests and the benchmarks' baseline use it, and so does the
+    ``copy`` row source (without the header, which the pipeline writes itself).
     """
-    select, params = export_select(request)
+    select, params = export_select(request, inline=inline)
     statement = sql.SQL(
-        "COPY ({select}) TO STDOUT WITH (FORMAT csv, HEADER true, DELIMITER {d}, QUOTE {q})"
-    ).format(select=select, d=sql.Literal(request.delimiter), q=sql.Literal(request.quote_char))
+        "COPY ({select}) TO STDOUT WITH (FORMAT csv, HEADER {h}, DELIMITER {d}, QUOTE {q})"
+    ).format(
+        select=select,
+        h=sql.SQL("true" if header else "false"),
+        d=sql.Literal(request.delimiter),
+        q=sql.Literal(request.quote_char),
+    )
     return statement, params

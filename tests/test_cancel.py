@@ -4,21 +4,30 @@ from __future__ import annotations
 
 import functools
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
 import psycopg
+import pytest
 import trio
 
-from exporter.config import Settings
-from exporter.csvfmt import Dialect, Row
+from exporter.config import ROW_SOURCES, Settings
+from exporter.copy_source import CopyRows
+from exporter.csvfmt import Dialect
 from exporter.jobs import SHUTDOWN_ERROR
-from exporter.pipeline import CsvFile, Progress, export_csv, open_text_connection, run_cancellable
+from exporter.pipeline import (
+    Batch,
+    CsvFile,
+    Progress,
+    export_csv,
+    open_text_connection,
+    run_cancellable,
+)
 from exporter.request import ExportRequest
 from exporter.server import run_server
 from tests.conftest import (
-    Server,
+    StartServer,
     UsersLock,
     backends,
     wait_for_no_backend,
@@ -31,9 +40,9 @@ class SlowCsvFile(CsvFile):
 
     delay = 0.05
 
-    def write_rows(self, rows: Sequence[Row]) -> int:
+    def write_batch(self, batch: Batch) -> bytes:
         time.sleep(self.delay)
-        return super().write_rows(rows)
+        return super().write_batch(batch)
 
 
 def slow_file(delay: float) -> Callable[[Path, Dialect], CsvFile]:
@@ -45,9 +54,11 @@ def slow_file(delay: float) -> Callable[[Path, Dialect], CsvFile]:
     return open_file
 
 
+@pytest.mark.parametrize("row_source", ROW_SOURCES)
 async def test_delete_while_query_blocked_in_database(
-    server: Server, database: str, users_lock: Callable[[], UsersLock]
+    start_server: StartServer, database: str, users_lock: Callable[[], UsersLock], row_source: str
 ) -> None:
+    server = await start_server(row_source=row_source)
     lock = users_lock()
     export_id = await server.create()
     await wait_until_blocked(database, export_id)
@@ -73,7 +84,10 @@ async def test_delete_while_query_blocked_in_database(
     assert (await server.wait_for(again, "completed", "failed"))["status"] == "completed"
 
 
-async def test_cancel_while_writer_is_blocked(database: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize("row_source", ROW_SOURCES)
+async def test_cancel_while_writer_is_blocked(
+    database: str, tmp_path: Path, row_source: str
+) -> None:
     progress = Progress()
     final = tmp_path / "slow.csv"
     name = "exporter slow-writer"
@@ -87,6 +101,7 @@ async def test_cancel_while_writer_is_blocked(database: str, tmp_path: Path) -> 
                     progress=progress,
                     batch_rows=200,
                     channel_batches=2,
+                    row_source=row_source,
                     application_name=name,
                     open_file=slow_file(0.2),
                 )
@@ -121,8 +136,66 @@ async def test_cancel_while_thread_is_inside_fetchmany(database: str) -> None:
         conn.close()
 
 
+SLEEPY_ROWS = 200_000
+
+
+def sleepy_copy(seconds: int) -> bytes:
+    """A COPY that sends most of its rows at once, then sleeps before the last one."""
+    return (
+        f"COPY (SELECT g, CASE WHEN g = {SLEEPY_ROWS} THEN pg_sleep({seconds}) END"
+        f" FROM generate_series(1, {SLEEPY_ROWS}) AS g) TO STDOUT"
+    ).encode()
+
+
+async def test_cancel_while_thread_is_inside_copy(database: str) -> None:
+    conn = open_text_connection(database, "exporter inside-copy")
+    try:
+        # Many rows at once (the server sends in 8 kB blocks), then a sleep on the server
+        # while the reader waits for the rest.
+        source = CopyRows(conn, sleepy_copy(30))
+        await run_cancellable(source.start, cancel=conn.cancel_safe)
+        started = time.monotonic()
+        with trio.move_on_after(0.3):
+            await run_cancellable(source.read, 10**6, cancel=conn.cancel_safe)
+        elapsed = time.monotonic() - started
+        assert 0.3 <= elapsed < 1.3
+        sessions = backends(database, "inside-copy")
+        assert len(sessions) == 1
+        assert sessions[0][1] != "active", sessions
+    finally:
+        conn.close()
+
+
+async def test_copy_reader_leaves_the_event_loop_running(database: str) -> None:
+    """libpq's blocking read holds the GIL; the reader must wait with it released."""
+    conn = open_text_connection(database, "exporter copy-gil")
+    try:
+        source = CopyRows(conn, sleepy_copy(1))
+        gaps: list[float] = []
+
+        async def tick() -> None:
+            last = time.monotonic()
+            while True:
+                await trio.sleep(0.01)
+                now = time.monotonic()
+                gaps.append(now - last)
+                last = now
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(tick)
+            await run_cancellable(source.start, cancel=conn.cancel_safe)
+            rows, data = await run_cancellable(source.read, 10**6, cancel=conn.cancel_safe)
+            assert rows == SLEEPY_ROWS and data.endswith(b"199999\t\\N\n200000\t\n")
+            assert await run_cancellable(source.read, 10, cancel=conn.cancel_safe) == (0, b"")
+            nursery.cancel_scope.cancel()
+        assert sum(gaps) >= 0.9 and max(gaps) < 0.2, max(gaps)
+    finally:
+        conn.close()
+
+
+@pytest.mark.parametrize("row_source", ROW_SOURCES)
 async def test_backpressure_stops_reading_when_the_writer_is_slow(
-    database: str, tmp_path: Path
+    database: str, tmp_path: Path, row_source: str
 ) -> None:
     from tests.conftest import copy_oracle
 
@@ -142,6 +215,7 @@ async def test_backpressure_stops_reading_when_the_writer_is_slow(
                 progress=progress,
                 batch_rows=50,
                 channel_batches=capacity,
+                row_source=row_source,
                 open_file=slow_file(0.01),
             )
             done.set()

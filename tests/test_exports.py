@@ -8,8 +8,9 @@ from collections.abc import Callable
 
 import pytest
 
+from exporter.config import ROW_SOURCES
 from exporter.request import ExportRequest, parse_export_request
-from tests.conftest import SEED_ROWS, Server
+from tests.conftest import SEED_ROWS, Server, StartServer
 
 Oracle = Callable[[ExportRequest], bytes]
 
@@ -28,9 +29,11 @@ Oracle = Callable[[ExportRequest], bytes]
         {"columns": "name,country_code", "delimiter": " "},
     ],
 )
+@pytest.mark.parametrize("row_source", ROW_SOURCES)
 async def test_file_equals_postgres_copy(
-    server: Server, oracle: Oracle, params: dict[str, str]
+    start_server: StartServer, oracle: Oracle, params: dict[str, str], row_source: str
 ) -> None:
+    server = await start_server(row_source=row_source)
     export_id = await server.create(**params)
     doc = await server.wait_for(export_id, "completed", "failed")
     assert doc["status"] == "completed", doc["error"]
