@@ -7,6 +7,7 @@ trace and no SQL in them.
 
 from __future__ import annotations
 
+import hmac
 import json
 import logging
 import uuid
@@ -186,6 +187,41 @@ def create_app(settings: Settings, conninfo: str) -> QuartTrio:
     async def internal_error(error: Exception) -> Response:
         log.exception("unhandled error", exc_info=error)
         return problem(500, "Internal Server Error", "the server log has the details")
+
+    if settings.api_token is not None:
+        token = settings.api_token.encode()
+
+        @app.before_request
+        async def authenticate() -> Response | None:
+            if not request.path.startswith("/exports"):
+                return None  # /health, /ready and /openapi.json stay open
+            scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+            # compare_digest: the time taken says nothing about how much of a guess was right.
+            if scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), token):
+                return None
+            response = problem(
+                401,
+                "Unauthorized",
+                "this service needs an 'Authorization: Bearer <token>' header with its API token",
+            )
+            response.headers["WWW-Authenticate"] = 'Bearer realm="exporter"'
+            return response
+
+    @app.get("/ready")
+    async def ready() -> Response | dict[str, Any]:
+        """Readiness: the job database answers and start-up recovery has run."""
+        try:
+            await store.query("SELECT 1")
+        except psycopg.OperationalError as error:
+            log.warning("not ready: %s", error)
+            response = problem(
+                503, "Not ready", "the job database cannot be reached", database="down"
+            )
+            response.headers["Retry-After"] = str(RETRY_AFTER_SECONDS)
+            return response
+        if not jobs.recovered.is_set():
+            return problem(503, "Not ready", "recovering the jobs of a previous run", database="up")
+        return {"status": "ready", "database": "up"}
 
     @app.get("/openapi.json")
     async def openapi() -> dict[str, Any]:

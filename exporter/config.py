@@ -37,11 +37,17 @@ class Settings:
     row_source: str = "cursor"
     # How long a completed file is kept (seconds); expiresAt in the status tells users.
     export_ttl: float = 24 * 3600.0
+    # How often the janitor looks for expired files (seconds).
+    janitor_interval: float = 60.0
     # Write a gzip copy of each export while it runs, for Accept-Encoding: gzip downloads.
     gzip_exports: bool = True
     # Send downloads with os.sendfile where the transport allows (HTTP/1.1 cleartext);
     # off: always read the file in chunks (for comparison, or odd filesystems).
     zero_copy: bool = True
+    # Seconds a downloading client may accept no byte at all before it is dropped.
+    send_timeout: float = 120.0
+    # With a token, every /exports route needs "Authorization: Bearer <token>".
+    api_token: str | None = dataclasses.field(default=None, repr=False)
     # How often a running job's progress is written to export_jobs (seconds).
     progress_interval: float = 0.5
 
@@ -106,7 +112,10 @@ class Settings:
             row_source=choice("ROW_SOURCE", defaults.row_source, ROW_SOURCES),
             gzip_exports=flag("GZIP_EXPORTS", defaults.gzip_exports),
             zero_copy=flag("ZERO_COPY", defaults.zero_copy),
+            send_timeout=seconds("SEND_TIMEOUT", defaults.send_timeout),
             export_ttl=seconds("EXPORT_TTL", defaults.export_ttl),
+            janitor_interval=seconds("JANITOR_INTERVAL", defaults.janitor_interval),
+            api_token=env.get("API_TOKEN") or None,
             progress_interval=seconds("PROGRESS_INTERVAL", defaults.progress_interval),
         )
 

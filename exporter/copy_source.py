@@ -22,8 +22,11 @@ from psycopg import pq
 
 
 def _result_error(result: pq.abc.PGresult | None, pgconn: pq.abc.PGconn) -> psycopg.Error:
-    message = (result.error_message if result is not None else b"") or pgconn.error_message
-    return psycopg.OperationalError(message.decode("utf-8", "replace").strip())
+    """The error a failed COPY ended with, as the psycopg exception class of its SQLSTATE
+    (QueryCanceled, AdminShutdown, ...), so it is described like a cursor's."""
+    if result is not None and result.error_message:
+        return psycopg.errors.error_from_result(result)
+    return psycopg.OperationalError(pgconn.error_message.decode("utf-8", "replace").strip())
 
 
 class CopyRows:

@@ -17,6 +17,7 @@ import datetime as dt
 import errno
 import logging
 import re
+import sys
 import time
 import uuid
 from pathlib import Path
@@ -36,6 +37,9 @@ RESTART_ERROR = "interrupted by a restart of the service; please start the expor
 SHUTDOWN_ERROR = "interrupted by a shutdown of the service; please start the export again"
 # How long a stopping job may spend recording its final state.
 FINAL_SAVE_TIMEOUT = 5.0
+# Waits between attempts to reach the job database (start-up recovery, unsaved ends).
+RETRY_DELAYS = (0.5, 1.0, 2.0, 5.0)
+NOT_READY_ERROR = "the job database has not been reached yet; try again shortly"
 
 _EXPORT_FILE = re.compile(
     r"^(?P<id>[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})"
@@ -93,18 +97,31 @@ class JobManager:
         self._waiting: list[Job] = []  # FIFO, for queuePosition
         self._slots = trio.Semaphore(settings.max_concurrent_exports)
         self._nursery: trio.Nursery | None = None
+        # Set once start-up recovery has run: no job is accepted before, since recovery
+        # fails every pending job it finds.
+        self.recovered = trio.Event()
+        # Ends of jobs that could not be recorded (the database was away), saved later.
+        self._unsaved: dict[uuid.UUID, JobRecord] = {}
 
     # -- lifecycle ---------------------------------------------------------------------
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Recover from a previous process, then hold the jobs' nursery until cancelled.
+        """Hold the jobs' nursery until cancelled; recover, expire and save in the background.
 
+        Starts at once even when the database is down (the service answers /health and
+        /ready says why it is not ready); recovery runs as soon as the database answers.
         The store is closed last, once every job has recorded how it ended.
         """
+        self.settings.export_dir.mkdir(parents=True, exist_ok=True)
         try:
-            await self.recover()
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
+                # Recovered before the first request when the database is up; else later.
+                await self._recover_when_reachable(attempts=1)
+                if not self.recovered.is_set():
+                    nursery.start_soon(self._recover_when_reachable)
+                nursery.start_soon(self._expire_files)
+                nursery.start_soon(self._save_unsaved)
                 task_status.started()
                 try:
                     await trio.sleep_forever()
@@ -120,7 +137,6 @@ class JobManager:
         Failing (rather than re-queueing) is the honest choice: the client that asked
         may be long gone, and a re-run would export a different snapshot of the table.
         """
-        self.settings.export_dir.mkdir(parents=True, exist_ok=True)
         failed = await self.store.fail_interrupted(RESTART_ERROR)
         if failed:
             log.warning("marked %d interrupted export(s) as failed", len(failed))
@@ -133,6 +149,47 @@ class JobManager:
                 log.info("removing orphan export file %s", path.name)
                 path.unlink(missing_ok=True)
 
+    async def _recover_when_reachable(self, attempts: int = sys.maxsize) -> None:
+        for attempt in range(attempts):
+            try:
+                await self.recover()
+            except psycopg.OperationalError as exc:
+                if attempt + 1 == attempts:
+                    log.warning("job database unreachable (%s); will keep trying", exc)
+                    return
+                delay = RETRY_DELAYS[min(attempt, len(RETRY_DELAYS) - 1)]
+                log.warning("job database unreachable (%s); retrying in %.1f s", exc, delay)
+                await trio.sleep(delay)
+            else:
+                self.recovered.set()
+                return
+
+    async def _expire_files(self) -> None:
+        """The janitor: completed exports older than EXPORT_TTL lose their files."""
+        await self.recovered.wait()
+        while True:
+            try:
+                expired = await self.store.expire_due()
+            except psycopg.OperationalError as exc:
+                log.warning("could not look for expired exports: %s", exc)
+            else:
+                for job_id in expired:
+                    log.info("export %s expired; removing its files", job_id)
+                    await trio.to_thread.run_sync(self._remove_files, job_id)
+            await trio.sleep(self.settings.janitor_interval)
+
+    async def _save_unsaved(self) -> None:
+        """Record the ends of jobs that finished while the database was away."""
+        while True:
+            await trio.sleep(RETRY_DELAYS[-1] if not self._unsaved else RETRY_DELAYS[0])
+            for job_id, record in list(self._unsaved.items()):
+                try:
+                    await self.store.save(record)
+                except psycopg.OperationalError:
+                    break
+                log.info("recorded the end of export %s (%s)", job_id, record.status)
+                del self._unsaved[job_id]
+
     # -- queries -----------------------------------------------------------------------
 
     def file_path(self, job_id: uuid.UUID) -> Path:
@@ -144,7 +201,7 @@ class JobManager:
     async def view(self, job_id: uuid.UUID) -> JobView | None:
         job = self._live.get(job_id)
         if job is None:
-            record = await self.store.get(job_id)
+            record = self._unsaved.get(job_id) or await self.store.get(job_id)
             if record is None:
                 return None
             return JobView(record, rows_per_second=_final_rate(record))
@@ -168,6 +225,8 @@ class JobManager:
         """Record a new job and queue it. Raises ``QueueFull`` when there is no room."""
         if self._nursery is None:
             raise RuntimeError("the job manager is not running")
+        if not self.recovered.is_set():
+            raise psycopg.OperationalError(NOT_READY_ERROR)
         if self._slots.value == 0 and len(self._waiting) >= self.settings.max_queued_exports:
             raise QueueFull
         job = Job(JobRecord(id=uuid.uuid4(), request=request))
@@ -248,7 +307,8 @@ class JobManager:
                 try:
                     await self.store.save(record)
                 except Exception:
-                    log.exception("could not record the end of export %s", record.id)
+                    log.exception("could not record the end of export %s; will retry", record.id)
+                    self._unsaved[record.id] = record
             del self._live[record.id]
             job.done.set()
 

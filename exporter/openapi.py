@@ -187,6 +187,14 @@ _SCHEMAS: dict[str, Any] = {
             },
         },
     },
+    "Ready": {
+        "type": "object",
+        "required": ["status", "database"],
+        "properties": {
+            "status": {"type": "string", "enum": ["ready"]},
+            "database": {"type": "string", "enum": ["up"]},
+        },
+    },
 }
 
 
@@ -204,6 +212,19 @@ _DOWNLOAD_PARAMETERS: list[dict[str, Any]] = [
 
 
 def openapi_document() -> dict[str, Any]:
+    document = _document()
+    for path, operations in document["paths"].items():
+        if path.startswith("/exports"):
+            for operation in operations.values():
+                # Optional: {} admits a request without credentials (no API_TOKEN set).
+                operation["security"] = [{"bearer": []}, {}]
+                operation["responses"]["401"] = _problem_response(
+                    "API_TOKEN is set and the bearer token is missing or wrong."
+                )
+    return document
+
+
+def _document() -> dict[str, Any]:
     download_headers = {
         name: {"schema": {"type": "string"}}
         for name in (
@@ -331,6 +352,26 @@ def openapi_document() -> dict[str, Any]:
                     },
                 }
             },
+            "/ready": {
+                "get": {
+                    "operationId": "ready",
+                    "summary": "Readiness: the job database answers and recovery has run",
+                    "responses": {
+                        "200": {
+                            "description": "Ready for work.",
+                            "content": {
+                                "application/json": {
+                                    "schema": {"$ref": "#/components/schemas/Ready"}
+                                }
+                            },
+                        },
+                        "503": _problem_response(
+                            "Not ready: the database is down (database: down) or the jobs of "
+                            "a previous run are still being recovered."
+                        ),
+                    },
+                }
+            },
             "/openapi.json": {
                 "get": {
                     "operationId": "openapi",
@@ -339,5 +380,15 @@ def openapi_document() -> dict[str, Any]:
                 }
             },
         },
-        "components": {"schemas": _SCHEMAS},
+        "components": {
+            "schemas": _SCHEMAS,
+            "securitySchemes": {
+                "bearer": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": "Needed on /exports routes when the service has an "
+                    "API_TOKEN; without one the service must sit behind an authenticating proxy.",
+                }
+            },
+        },
     }

@@ -46,9 +46,11 @@ def limit_malloc_arenas(arenas: int = MALLOC_ARENAS) -> bool:
     return False
 
 
-def hypercorn_config(bind: str) -> Config:
+def hypercorn_config(bind: str, send_timeout: float = zerocopy.STALL_TIMEOUT) -> Config:
     config = Config()
     config.bind = [bind]
+    # Read by exporter.zerocopy: how long a client may accept no byte before it is dropped.
+    config.send_timeout = send_timeout  # type: ignore[attr-defined]
     config.graceful_timeout = GRACEFUL_TIMEOUT
     config.accesslog = logging.getLogger("exporter.access")
     config.errorlog = logging.getLogger("exporter.server")
@@ -76,7 +78,7 @@ async def run_server(
     async with trio_asyncio.open_loop():
         await serve(
             app,
-            hypercorn_config(settings.bind),
+            hypercorn_config(settings.bind, settings.send_timeout),
             shutdown_trigger=wait_for_stop_signal if handle_signals else None,
             task_status=task_status,
         )

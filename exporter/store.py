@@ -147,3 +147,11 @@ class JobStore:
     async def completed_ids(self) -> set[uuid.UUID]:
         rows = await self.query("SELECT id FROM export_jobs WHERE status = 'completed'")
         return {row["id"] for row in rows}
+
+    async def expire_due(self) -> list[uuid.UUID]:
+        """Mark completed jobs whose ``expires_at`` has passed as expired; their ids."""
+        rows = await self.query(
+            "UPDATE export_jobs SET status = 'expired', updated_at = now()"
+            " WHERE status = 'completed' AND expires_at <= now() RETURNING id"
+        )
+        return [row["id"] for row in rows]

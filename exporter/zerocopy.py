@@ -44,7 +44,8 @@ from hypercorn.trio.tcp_server import TCPServer
 
 EXTENSION = "http.response.zerocopysend"
 SUPPORTED_HYPERCORN = ("0.18.",)
-# Seconds a client may accept no byte at all before it is considered gone.
+# Seconds a client may accept no byte at all before it is considered gone; a server sets
+# its own as ``send_timeout`` on its Hypercorn config (``server.hypercorn_config``).
 STALL_TIMEOUT = 120.0
 # Bytes per sendfile call: large enough to be cheap, small enough to stay responsive.
 SENDFILE_CHUNK = 1 << 20
@@ -141,7 +142,13 @@ def _wrap_stream_send(original: Callable[..., Awaitable[None]]) -> Callable[...,
     return stream_send
 
 
-async def sendfile_all(sock: trio.socket.SocketType, file_range: FileRange) -> None:
+def send_timeout(server: TCPServer) -> float:
+    return float(getattr(server.config, "send_timeout", STALL_TIMEOUT))
+
+
+async def sendfile_all(
+    sock: trio.socket.SocketType, file_range: FileRange, stall_timeout: float = STALL_TIMEOUT
+) -> None:
     """Write the range to the socket with os.sendfile, yielding to trio when it is full."""
     offset, remaining = file_range.offset, file_range.count
     out = sock.fileno()
@@ -149,7 +156,7 @@ async def sendfile_all(sock: trio.socket.SocketType, file_range: FileRange) -> N
         try:
             sent = os.sendfile(out, file_range.fd, offset, min(remaining, SENDFILE_CHUNK))
         except BlockingIOError:
-            with trio.fail_after(STALL_TIMEOUT):
+            with trio.fail_after(stall_timeout):
                 await trio.lowlevel.wait_writable(sock)
             continue
         if sent == 0:  # the file is shorter than promised: never send made-up bytes
@@ -161,16 +168,38 @@ async def sendfile_all(sock: trio.socket.SocketType, file_range: FileRange) -> N
         await trio.lowlevel.checkpoint()
 
 
+async def _send_bytes(
+    server: TCPServer, event: RawData, original: Callable[..., Awaitable[None]]
+) -> None:
+    """Hypercorn's own write of ordinary bytes (HTTP/2, TLS, the chunked fallback), with a
+    deadline: Hypercorn shields it, so that a cancelled request cannot cut a frame in
+    half, but gives it none, so a client that stops reading held its task and
+    descriptor for as long as the kernel kept the connection."""
+    async with server.send_lock:
+        try:
+            with trio.CancelScope(shield=True) as scope:
+                scope.deadline = trio.current_time() + send_timeout(server)
+                await server.stream.send_all(event.data)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            await server.protocol.handle(Closed())
+            return
+    if scope.cancelled_caught:  # half a write went out: the connection cannot be used again
+        with trio.CancelScope(shield=True):
+            await original(server, Closed())
+
+
 def _wrap_protocol_send(
     original: Callable[..., Awaitable[None]],
 ) -> Callable[..., Awaitable[None]]:
     @functools.wraps(original)
     async def protocol_send(self: TCPServer, event: Any) -> None:
+        if isinstance(event, RawData):
+            return await _send_bytes(self, event, original)
         if not isinstance(event, RawFile):
             return await original(self, event)
         async with self.send_lock:
             try:
-                await sendfile_all(self.stream.socket, event.range)
+                await sendfile_all(self.stream.socket, event.range, send_timeout(self))
                 return None
             except (OSError, trio.TooSlowError, trio.BrokenResourceError):
                 pass  # the client went away or stalled: close below

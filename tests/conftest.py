@@ -106,7 +106,9 @@ async def start_server(
 ) -> AsyncIterator[StartServer]:
     clients: list[httpx.AsyncClient] = []
 
-    async def start(**overrides: Any) -> Server:
+    async def start(conninfo: str | None = None, **overrides: Any) -> Server:
+        """A server on the test database (or ``conninfo``), with settings ``overrides``."""
+        conninfo = conninfo or database
         settings = Settings(
             database_url=database,
             export_dir=tmp_path / "exports",
@@ -114,9 +116,10 @@ async def start_server(
             progress_interval=0.1,
         ).replace(**overrides)
         binds = await nursery.start(
-            functools.partial(run_server, settings, database, handle_signals=False)
+            functools.partial(run_server, settings, conninfo, handle_signals=False)
         )
-        client = httpx.AsyncClient(base_url=binds[0], timeout=30)
+        headers = {"Authorization": f"Bearer {settings.api_token}"} if settings.api_token else {}
+        client = httpx.AsyncClient(base_url=binds[0], timeout=30, headers=headers)
         clients.append(client)
         return Server(binds[0], settings, client)
 

@@ -1,0 +1,347 @@
+"""Faults (issue 6): each made for real against the real server and database.
+
+Every test checks what a user would: the job's final status and error, the files on disk,
+the service still answering, and other work unaffected.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psycopg
+import pytest
+import trio
+
+from exporter.jobs import RESTART_ERROR, SHUTDOWN_ERROR
+from exporter.request import ExportRequest, parse_export_request
+from tests.conftest import (
+    Server,
+    StartServer,
+    UsersLock,
+    backends,
+    copy_oracle,
+    wait_until_blocked,
+)
+from tests.dbproxy import DatabaseProxy
+from tests.test_download import count_tasks, open_fds
+
+# Small fetches make a 150k-row export take long enough to be interrupted half-way.
+SLOW = {"batch_rows": 20, "channel_batches": 1}
+
+
+async def wait_for_rows(server: Server, export_id: str) -> None:
+    """Until the export is processing and has written rows (its .part file exists)."""
+    with trio.fail_after(20):
+        while (doc := await server.status(export_id))["progress"]["processedRows"] == 0:
+            assert doc["status"] in ("pending", "processing"), doc
+            await trio.sleep(0.01)
+
+
+def export_files(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir()) if folder.exists() else []
+
+
+# -- 1. the export's backend is killed --------------------------------------------------
+
+
+async def test_backend_terminated_mid_export(
+    start_server: StartServer, database: str, oracle: Callable[[ExportRequest], bytes]
+) -> None:
+    server = await start_server(**SLOW)
+    victim = await server.create()
+    other_params = {"country_code": "US", "columns": "id,email"}
+    other = await server.create(**other_params)
+    await wait_for_rows(server, victim)
+
+    with psycopg.connect(database, autocommit=True) as conn:
+        killed = conn.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = %s",
+            (f"exporter {victim}",),
+        ).fetchall()
+    assert killed == [(True,)]
+
+    doc = await server.wait_for(victim, "failed", "completed")
+    assert doc["status"] == "failed"
+    assert doc["error"] == (
+        "the database ended the export's connection (terminated by an administrator)"
+    )
+    assert "downloadUrl" not in doc
+    done = await server.wait_for(other, "completed", "failed", timeout=60)
+    assert done["status"] == "completed", done["error"]
+    response = await server.client.get(f"/exports/{other}/download")
+    assert response.content == oracle(parse_export_request(other_params))
+    assert export_files(server.settings.export_dir) == [f"{other}.csv", f"{other}.csv.gz"]
+    assert (await server.client.get("/health")).status_code == 200
+
+
+# -- 2. the database unreachable at start, lost, and back --------------------------------
+
+
+async def test_database_down_at_start_then_back_then_lost(
+    start_server: StartServer,
+    nursery: trio.Nursery,
+    database: str,
+    oracle: Callable[[ExportRequest], bytes],
+) -> None:
+    proxy = DatabaseProxy(database, nursery)
+    server = await start_server(conninfo=proxy.conninfo)  # nothing listens yet
+
+    health = await server.client.get("/health")
+    assert health.status_code == 200
+    ready = await server.client.get("/ready")
+    assert ready.status_code == 503
+    assert ready.headers["content-type"] == "application/problem+json"
+    assert ready.json()["database"] == "down"
+    refused = await server.client.post("/exports/csv")
+    assert refused.status_code == 503
+    assert refused.headers["retry-after"]
+    assert "database" in refused.json()["detail"]
+
+    await proxy.start()  # the database comes back: no restart needed
+    await wait_ready(server)
+    export_id = await server.create(country_code="NZ")
+    assert (await server.wait_for(export_id, "completed"))["status"] == "completed"
+    response = await server.client.get(f"/exports/{export_id}/download")
+    assert response.content == oracle(ExportRequest(country_code="NZ"))
+
+    proxy.cut()  # gone again
+    with trio.fail_after(10):
+        while (await server.client.get("/ready")).status_code != 503:
+            await trio.sleep(0.05)
+    assert (await server.client.post("/exports/csv")).status_code == 503
+    assert (await server.client.get("/health")).status_code == 200
+
+    await proxy.start()
+    await wait_ready(server)
+    again = await server.create(country_code="NZ")
+    assert (await server.wait_for(again, "completed"))["status"] == "completed"
+
+
+async def test_database_lost_mid_export_is_recorded_once_back(
+    start_server: StartServer,
+    nursery: trio.Nursery,
+    database: str,
+    users_lock: Callable[[], UsersLock],
+) -> None:
+    proxy = DatabaseProxy(database, nursery)
+    await proxy.start()
+    server = await start_server(conninfo=proxy.conninfo)
+    lock = users_lock()
+    export_id = await server.create()
+    await wait_until_blocked(database, export_id)
+
+    proxy.cut()
+    lock.release()
+    # The job ended while its end could not be recorded: the service still knows it.
+    doc = await server.wait_for(export_id, "failed")
+    assert doc["error"] == "the connection to the database failed or was lost during the export"
+    assert export_files(server.settings.export_dir) == []
+
+    await proxy.start()
+    await wait_ready(server)
+    with trio.fail_after(10):  # ... and records it once the database is back
+        while True:
+            with psycopg.connect(database) as conn:
+                row = conn.execute(
+                    "SELECT status, error FROM export_jobs WHERE id = %s", (export_id,)
+                ).fetchone()
+            if row is not None and row[0] == "failed":
+                break
+            await trio.sleep(0.1)
+    assert row[1] == doc["error"]
+
+
+async def wait_ready(server: Server, timeout: float = 15.0) -> None:
+    with trio.fail_after(timeout):
+        while (response := await server.client.get("/ready")).status_code != 200:
+            await trio.sleep(0.1)
+    assert response.json() == {"status": "ready", "database": "up"}
+
+
+# -- 3 and 4. the server process killed, or stopped by SIGTERM ---------------------------
+
+
+@contextlib.contextmanager
+def service_process(database: str, export_dir: Path, **env: str) -> Iterator[Any]:
+    """``python -m exporter serve`` as its own process, as in production."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    environment = {
+        **os.environ,
+        "DATABASE_URL": database,
+        "EXPORT_DIR": str(export_dir),
+        "BIND": f"127.0.0.1:{port}",
+        **env,
+    }
+    process = subprocess.Popen(
+        [sys.executable, "-m", "exporter", "serve"], env=environment, stderr=subprocess.DEVNULL
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        with httpx.Client(base_url=url, timeout=30) as client:
+            for _ in range(300):
+                with contextlib.suppress(httpx.TransportError):
+                    if client.get("/ready").status_code == 200:
+                        break
+                time.sleep(0.1)
+            yield process, client
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(10)
+
+
+def job_row(database: str, export_id: str) -> tuple[Any, ...]:
+    with psycopg.connect(database) as conn:
+        row = conn.execute(
+            "SELECT status, error FROM export_jobs WHERE id = %s", (export_id,)
+        ).fetchone()
+    assert row is not None
+    return tuple(row)
+
+
+def start_and_wait_for_rows(client: httpx.Client) -> str:
+    export_id = str(client.post("/exports/csv").json()["exportId"])
+    deadline = time.monotonic() + 30
+    while client.get(f"/exports/{export_id}/status").json()["progress"]["processedRows"] == 0:
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    return export_id
+
+
+def test_sigkill_mid_export_then_restart(database: str, tmp_path: Path) -> None:
+    exports = tmp_path / "exports"
+    with service_process(database, exports, BATCH_ROWS="20", CHANNEL_BATCHES="1") as (
+        process,
+        client,
+    ):
+        export_id = start_and_wait_for_rows(client)
+        process.send_signal(signal.SIGKILL)
+        process.wait(10)
+    # What a killed process leaves: a half-written file, a job recorded as processing.
+    assert f"{export_id}.csv.part" in export_files(exports)
+    assert job_row(database, export_id)[0] == "processing"
+
+    with service_process(database, exports) as (_, client):
+        assert job_row(database, export_id) == ("failed", RESTART_ERROR)
+        assert export_files(exports) == []
+        doc = client.get(f"/exports/{export_id}/status").json()
+        assert doc["status"] == "failed" and doc["error"] == RESTART_ERROR
+        new = client.post("/exports/csv", params={"country_code": "NZ"}).json()["exportId"]
+        deadline = time.monotonic() + 30
+        while (status := client.get(f"/exports/{new}/status").json()["status"]) != "completed":
+            assert status in ("pending", "processing") and time.monotonic() < deadline
+            time.sleep(0.05)
+    assert export_files(exports) == [f"{new}.csv", f"{new}.csv.gz"]
+
+
+def test_sigterm_mid_export_stops_gracefully(database: str, tmp_path: Path) -> None:
+    exports = tmp_path / "exports"
+    with service_process(database, exports, BATCH_ROWS="20", CHANNEL_BATCHES="1") as (
+        process,
+        client,
+    ):
+        export_id = start_and_wait_for_rows(client)
+        started = time.monotonic()
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(10) == 0
+        assert time.monotonic() - started < 6.0
+    assert job_row(database, export_id) == ("failed", SHUTDOWN_ERROR)
+    assert export_files(exports) == []
+    assert backends(database, export_id) == []
+
+
+# -- 5. the disk fills up -----------------------------------------------------------------
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 4 MB tmpfs: a full export (~14 MB) cannot fit, a small one can."""
+    folder = tmp_path / "small-disk"
+    folder.mkdir()
+    if os.geteuid() != 0 or shutil.which("mount") is None:
+        pytest.skip("mounting a tmpfs needs root")  # CI runs as root: there it runs
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(folder)], capture_output=True
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], check=True)
+
+
+async def test_disk_full_fails_the_job_and_leaves_no_file(
+    start_server: StartServer, small_disk: Path, oracle: Callable[[ExportRequest], bytes]
+) -> None:
+    server = await start_server(export_dir=small_disk)
+    big = await server.create()
+    doc = await server.wait_for(big, "failed", "completed", timeout=60)
+    assert doc["status"] == "failed"
+    assert "no space left" in doc["error"]
+    assert export_files(small_disk) == []
+    assert (await server.client.get("/health")).status_code == 200
+    assert (await server.client.get(f"/exports/{big}/download")).status_code == 410
+
+    small = await server.create(country_code="NZ", columns="id,email")
+    assert (await server.wait_for(small, "completed", "failed"))["status"] == "completed"
+    response = await server.client.get(f"/exports/{small}/download")
+    assert response.content == oracle(ExportRequest(country_code="NZ", columns=("id", "email")))
+
+
+# -- 6. clients that vanish or stall ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("zero_copy", [True, False])
+async def test_stalled_download_is_dropped_and_others_are_served(
+    start_server: StartServer, database: str, zero_copy: bool
+) -> None:
+    server = await start_server(send_timeout=1.0, zero_copy=zero_copy)
+    export_id = await server.create()
+    await server.wait_for(export_id, "completed")
+    path = f"/exports/{export_id}/download"
+    whole = copy_oracle(database, ExportRequest())
+    await server.client.get("/health")  # the client's pool connection, opened up front
+    await trio.sleep(0.2)
+    fds, tasks = open_fds(), count_tasks()
+
+    # Asks for the file, then reads nothing: the server's writes soon block.
+    staller = trio.socket.socket()
+    staller.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    host, port = server.url.removeprefix("http://").split(":")
+    await staller.connect((host, int(port)))
+    await staller.send(f"GET {path} HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
+    await trio.sleep(0.3)
+    assert open_fds() > fds + 1  # the server holds the connection ...
+
+    response = await server.client.get(path)  # ... while another client is served whole
+    assert response.status_code == 200 and response.content == whole
+
+    with trio.fail_after(10):  # ... and drops the stalled one after SEND_TIMEOUT
+        # (+1: the staller's own socket, in this process too, stays open till the end)
+        while open_fds() > fds + 1 or count_tasks() > tasks:
+            await trio.sleep(0.05)
+    staller.close()
+    assert (await server.client.get("/health")).status_code == 200
+
+
+async def test_connection_that_sends_nothing_is_closed(server: Server) -> None:
+    silent = trio.socket.socket()
+    host, port = server.url.removeprefix("http://").split(":")
+    await silent.connect((host, int(port)))
+    with trio.fail_after(15):  # Hypercorn's keep-alive timeout (5 s) applies
+        assert await silent.recv(1) == b""
+    silent.close()
