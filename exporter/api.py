@@ -120,8 +120,12 @@ def _not_found(raw: str) -> Response:
 async def _export_params() -> dict[str, object] | Response:
     """Query parameters, merged over a JSON body's (the query string wins)."""
     params: dict[str, object] = {}
-    if await request.get_data(as_text=False):
-        body = await request.get_json(force=True, silent=True)
+    raw = await request.get_data(as_text=False)
+    if raw:
+        try:
+            body = json.loads(raw)  # bytes: JSON's own UTF-8 rules, a clear error otherwise
+        except ValueError:  # also UnicodeDecodeError
+            body = None
         if not isinstance(body, dict):
             return validation_problem(
                 [FieldError("body", "must be a JSON object of parameters, or empty")]
@@ -172,7 +176,12 @@ def create_app(settings: Settings, conninfo: str) -> QuartTrio:
     @app.errorhandler(HTTPException)
     async def http_error(error: HTTPException) -> Response:
         status = error.code or 500
-        return problem(status, error.name, error.description or error.name)
+        response = problem(status, error.name, error.description or error.name)
+        if status == 413:
+            # The body was not read: close, or its bytes would be taken for the next
+            # request on this keep-alive connection (the client then waits forever).
+            response.headers["Connection"] = "close"
+        return response
 
     @app.errorhandler(psycopg.OperationalError)
     async def database_down(error: psycopg.OperationalError) -> Response:

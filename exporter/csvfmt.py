@@ -9,6 +9,10 @@ only joining and, where needed, quoting. PostgreSQL's rules (``CopyAttributeOutC
   cannot be read as COPY's end-of-data marker;
 - header names follow the same rules; lines end with ``\\n``.
 
+Opt-in (``Dialect.neutralize_formulas``), OWASP's defence against CSV formula injection:
+a value starting with ``=``, ``+``, ``-``, ``@``, tab or CR gets a ``'`` in front, so a
+spreadsheet shows it as text instead of running it; then the rules above apply as usual.
+
 ``encode_rows`` joins a whole batch into one buffer, where a few memchr scans prove that no
 value needs quotes or find the few that do; only those values are touched in Python. NULLs
 and empty strings (rare in practice) send a batch down the per-value path.
@@ -23,18 +27,21 @@ from collections.abc import Sequence
 Row = Sequence[bytes | None]
 
 _END_MARKER = b"\\."
+# What a spreadsheet may read as the start of a formula (OWASP, "CSV Injection").
+FORMULA_STARTS = (b"=", b"+", b"-", b"@", b"\t", b"\r")
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Dialect:
     delimiter: bytes = b","
     quote: bytes = b'"'
+    neutralize_formulas: bool = False
 
     @classmethod
-    def of(cls, delimiter: str, quote: str) -> Dialect:
+    def of(cls, delimiter: str, quote: str, neutralize_formulas: bool = False) -> Dialect:
         if len(delimiter) != 1 or len(quote) != 1 or delimiter == quote:
             raise ValueError("delimiter and quote must be two different single characters")
-        return cls(delimiter.encode("ascii"), quote.encode("ascii"))
+        return cls(delimiter.encode("ascii"), quote.encode("ascii"), neutralize_formulas)
 
 
 def _field(value: bytes | None, dialect: Dialect, single_column: bool) -> bytes:
@@ -103,6 +110,14 @@ def _quote_where_needed(
             return out
 
 
+def neutralize_formulas(rows: Sequence[Row]) -> list[Row]:
+    """``rows`` with a ``'`` before every value a spreadsheet could run as a formula."""
+    return [
+        [b"'" + v if v is not None and v.startswith(FORMULA_STARTS) else v for v in row]
+        for row in rows
+    ]
+
+
 def encode_rows(rows: Sequence[Row], dialect: Dialect) -> bytes:
     """The CSV lines of ``rows``, each ending in ``\\n``.
 
@@ -113,6 +128,8 @@ def encode_rows(rows: Sequence[Row], dialect: Dialect) -> bytes:
     """
     if not rows:
         return b""
+    if dialect.neutralize_formulas:
+        rows = neutralize_formulas(rows)
     single = len(rows[0]) == 1
     try:
         flat = b"\x00".join(itertools.chain.from_iterable(rows))  # type: ignore[arg-type]

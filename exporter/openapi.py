@@ -62,6 +62,13 @@ _EXPORT_PARAMETERS: list[dict[str, Any]] = [
         "description": "One ASCII character, not CR or LF, unlike the delimiter; default '\"'.",
         "schema": {"type": "string", "minLength": 1, "maxLength": 1},
     },
+    {
+        "name": "neutralizeFormulas",
+        "in": "query",
+        "description": "true: a value starting with =, +, -, @, tab or CR gets a ' in front "
+        "(OWASP CSV injection), so spreadsheets show it as text. Default false.",
+        "schema": {"type": "string", "enum": ["true", "false", "1", "0", "yes", "no"]},
+    },
 ]
 
 _REQUEST_SCHEMA: dict[str, Any] = {
@@ -78,6 +85,7 @@ _REQUEST_SCHEMA: dict[str, Any] = {
         },
         "delimiter": {"type": "string", "minLength": 1, "maxLength": 1},
         "quoteChar": {"type": "string", "minLength": 1, "maxLength": 1},
+        "neutralizeFormulas": {"type": "boolean"},
     },
 }
 
@@ -114,6 +122,7 @@ _SCHEMAS: dict[str, Any] = {
             "columns": {"type": "array", "items": {"type": "string", "enum": list(USER_COLUMNS)}},
             "delimiter": {"type": "string"},
             "quoteChar": {"type": "string"},
+            "neutralizeFormulas": {"type": "boolean"},
         },
     },
     "ExportCreated": {

@@ -347,7 +347,9 @@ async def export_csv(
     place.
     """
     query, params = export_select(request)
-    dialect = Dialect.of(request.delimiter, request.quote_char)
+    dialect = Dialect.of(request.delimiter, request.quote_char, request.neutralize_formulas)
+    if request.neutralize_formulas:
+        row_source = "cursor"  # COPY's lines would have to be parsed again to change them
     files: list[PartFile] = [csv_file := open_file(final, dialect)]
     if gzip:
         files.append(gz_file := GzipFile(gzip_path(final)))

@@ -28,7 +28,10 @@ PARAMETERS: tuple[str, ...] = (
     "columns",
     "delimiter",
     "quoteChar",
+    "neutralizeFormulas",
 )
+_TRUE = ("true", "1", "yes")
+_FALSE = ("false", "0", "no")
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -40,6 +43,8 @@ class ExportRequest:
     columns: tuple[str, ...] = USER_COLUMNS
     delimiter: str = ","
     quote_char: str = '"'
+    # OWASP CSV-injection defence: prefix values that start like a formula with '.
+    neutralize_formulas: bool = False
 
     def to_json(self) -> dict[str, Any]:
         """The request as the API shows it (and as export_jobs stores it)."""
@@ -49,6 +54,7 @@ class ExportRequest:
             "columns": list(self.columns),
             "delimiter": self.delimiter,
             "quoteChar": self.quote_char,
+            "neutralizeFormulas": self.neutralize_formulas,
         }
 
     @classmethod
@@ -60,6 +66,7 @@ class ExportRequest:
             columns=tuple(data.get("columns") or USER_COLUMNS),
             delimiter=data.get("delimiter", ","),
             quote_char=data.get("quoteChar", '"'),
+            neutralize_formulas=bool(data.get("neutralizeFormulas", False)),
         )
 
 
@@ -186,6 +193,15 @@ def parse_export_request(params: Mapping[str, object]) -> ExportRequest:
             FieldError("quoteChar", f"must differ from delimiter (both are {_describe(quote)})")
         )
 
+    neutralize = False
+    raw_neutralize = params.get("neutralizeFormulas")
+    if isinstance(raw_neutralize, bool):
+        neutralize = raw_neutralize
+    elif isinstance(raw_neutralize, str) and raw_neutralize.lower() in _TRUE + _FALSE:
+        neutralize = raw_neutralize.lower() in _TRUE
+    elif raw_neutralize is not None:
+        errors.append(FieldError("neutralizeFormulas", "must be true or false"))
+
     if errors:
         raise RequestInvalid(errors)
     assert columns is not None and delimiter is not None and quote is not None
@@ -195,4 +211,5 @@ def parse_export_request(params: Mapping[str, object]) -> ExportRequest:
         columns=columns,
         delimiter=delimiter,
         quote_char=quote,
+        neutralize_formulas=neutralize,
     )

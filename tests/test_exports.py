@@ -70,6 +70,7 @@ async def test_created_response_and_status_document(server: Server) -> None:
         "columns": list(ExportRequest().columns),
         "delimiter": ",",
         "quoteChar": '"',
+        "neutralizeFormulas": False,
     }
     assert doc["error"] is None
     for stamp in ("createdAt", "startedAt", "completedAt", "expiresAt"):
