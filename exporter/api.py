@@ -118,7 +118,7 @@ def _not_found(raw: str) -> Response:
 
 
 async def _export_params() -> dict[str, object] | Response:
-    """Query parameters, merged over a JSON body's (the query string wins)."""
+    """Query parameters and a JSON body's, merged; a name in both must agree."""
     params: dict[str, object] = {}
     raw = await request.get_data(as_text=False)
     if raw:
@@ -131,14 +131,19 @@ async def _export_params() -> dict[str, object] | Response:
                 [FieldError("body", "must be a JSON object of parameters, or empty")]
             )
         params.update(body)
-    repeated = []
+    conflicts = []
     for name in request.args:
         values = request.args.getlist(name)
         if len(values) > 1:
-            repeated.append(FieldError(name[:60], "must be given once"))
+            conflicts.append(FieldError(name[:60], "must be given once"))
+        elif name in params and params[name] != values[0]:
+            # Neither may silently win: the other might be the one the client meant.
+            conflicts.append(
+                FieldError(name[:60], "given differently in the query string and the body")
+            )
         params[name] = values[0]
-    if repeated:
-        return validation_problem(repeated)
+    if conflicts:
+        return validation_problem(conflicts)
     return params
 
 

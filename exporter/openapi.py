@@ -30,6 +30,13 @@ def _id_parameter() -> dict[str, Any]:
     }
 
 
+# What the schemas can say of the rules; the rest (no duplicate columns, quoteChar unlike
+# delimiter) only the 400's errors say.
+_COLUMN = "(" + "|".join(USER_COLUMNS) + ")"
+_COLUMNS_PATTERN = f"^{_COLUMN}(,{_COLUMN})*$"
+# One ASCII character but NUL, CR and LF.
+_CHAR = {"type": "string", "pattern": "^[\\x01-\\x09\\x0b\\x0c\\x0e-\\x7f]$"}
+
 _EXPORT_PARAMETERS: list[dict[str, Any]] = [
     {
         "name": "country_code",
@@ -48,19 +55,19 @@ _EXPORT_PARAMETERS: list[dict[str, Any]] = [
         "in": "query",
         "description": "Comma-separated columns in the order wanted, no duplicates; "
         f"default all: {','.join(USER_COLUMNS)}.",
-        "schema": {"type": "string"},
+        "schema": {"type": "string", "pattern": _COLUMNS_PATTERN},
     },
     {
         "name": "delimiter",
         "in": "query",
         "description": "One ASCII character, not CR or LF; default ','.",
-        "schema": {"type": "string", "minLength": 1, "maxLength": 1},
+        "schema": _CHAR,
     },
     {
         "name": "quoteChar",
         "in": "query",
         "description": "One ASCII character, not CR or LF, unlike the delimiter; default '\"'.",
-        "schema": {"type": "string", "minLength": 1, "maxLength": 1},
+        "schema": _CHAR,
     },
     {
         "name": "neutralizeFormulas",
@@ -79,12 +86,17 @@ _REQUEST_SCHEMA: dict[str, Any] = {
         "subscription_tier": {"type": "string", "enum": list(TIERS)},
         "columns": {
             "oneOf": [
-                {"type": "string"},
-                {"type": "array", "items": {"type": "string", "enum": list(USER_COLUMNS)}},
+                {"type": "string", "pattern": _COLUMNS_PATTERN},
+                {
+                    "type": "array",
+                    "minItems": 1,
+                    "uniqueItems": True,
+                    "items": {"type": "string", "enum": list(USER_COLUMNS)},
+                },
             ]
         },
-        "delimiter": {"type": "string", "minLength": 1, "maxLength": 1},
-        "quoteChar": {"type": "string", "minLength": 1, "maxLength": 1},
+        "delimiter": _CHAR,
+        "quoteChar": _CHAR,
         "neutralizeFormulas": {"type": "boolean"},
     },
 }

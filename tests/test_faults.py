@@ -6,13 +6,11 @@ the service still answering, and other work unaffected.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
 import signal
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -31,6 +29,7 @@ from tests.conftest import (
     UsersLock,
     backends,
     copy_oracle,
+    service_process,
     wait_until_blocked,
 )
 from tests.dbproxy import DatabaseProxy
@@ -170,37 +169,6 @@ async def wait_ready(server: Server, timeout: float = 15.0) -> None:
 
 
 # -- 3 and 4. the server process killed, or stopped by SIGTERM ---------------------------
-
-
-@contextlib.contextmanager
-def service_process(database: str, export_dir: Path, **env: str) -> Iterator[Any]:
-    """``python -m exporter serve`` as its own process, as in production."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    environment = {
-        **os.environ,
-        "DATABASE_URL": database,
-        "EXPORT_DIR": str(export_dir),
-        "BIND": f"127.0.0.1:{port}",
-        **env,
-    }
-    process = subprocess.Popen(
-        [sys.executable, "-m", "exporter", "serve"], env=environment, stderr=subprocess.DEVNULL
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        with httpx.Client(base_url=url, timeout=30) as client:
-            for _ in range(300):
-                with contextlib.suppress(httpx.TransportError):
-                    if client.get("/ready").status_code == 200:
-                        break
-                time.sleep(0.1)
-            yield process, client
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait(10)
 
 
 def job_row(database: str, export_id: str) -> tuple[Any, ...]:

@@ -64,6 +64,20 @@ async def test_injection_through_every_parameter_is_refused(
     assert table_counts(database) == before  # nothing ran, no job was made
 
 
+async def test_query_and_body_must_agree(server: Server) -> None:
+    response = await server.client.post(
+        "/exports/csv", params={"delimiter": "|"}, json={"delimiter": ";"}
+    )
+    assert response.status_code == 400
+    assert response.json()["errors"] == [
+        {"param": "delimiter", "message": "given differently in the query string and the body"}
+    ]
+    same = await server.client.post(
+        "/exports/csv", params={"country_code": "NZ"}, json={"country_code": "NZ"}
+    )
+    assert same.status_code == 202
+
+
 TRAVERSALS = [
     "../../../../etc/passwd",
     "..%2F..%2F..%2Fetc%2Fpasswd",
