@@ -89,13 +89,13 @@ class Service:
 
 
 @contextlib.contextmanager
-def service(conninfo: str, **env: str) -> Iterator[Service]:
+def service(conninfo: str, export_dir: Path = EXPORTS, **env: str) -> Iterator[Service]:
     """``exporter serve`` as its own process, as in production, until the block ends."""
     port = free_port()
     environment = {
         **os.environ,
         "DATABASE_URL": conninfo,
-        "EXPORT_DIR": str(EXPORTS),
+        "EXPORT_DIR": str(export_dir),
         "BIND": f"127.0.0.1:{port}",
         **env,
     }

@@ -63,7 +63,7 @@ class HealthSampler(threading.Thread):
                         sock = socket.create_connection((host, int(port)), timeout=30)
                     sock.sendall(request)
                     response = b""
-                    while not _complete(response):
+                    while not complete_response(response):
                         chunk = sock.recv(65536)
                         if not chunk:
                             raise ConnectionError("the server closed the connection")
@@ -88,7 +88,7 @@ class HealthSampler(threading.Thread):
                 sock.close()
 
 
-def _complete(response: bytes) -> bool:
+def complete_response(response: bytes) -> bool:
     """Whether ``response`` holds a whole HTTP response (headers and Content-Length body)."""
     head, sep, body = response.partition(b"\r\n\r\n")
     if not sep:

@@ -5,9 +5,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
-
 
 def line_chart(
     path: Path,
@@ -21,6 +18,11 @@ def line_chart(
     marker: str = "",
 ) -> None:
     """``y`` over ``x``, with a dashed vertical line and a legend entry for each mark."""
+    # Imported here: scripts that draw nothing (and the tests that run bench code) need
+    # no matplotlib.
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
     figure = Figure(figsize=(10, 4.5), layout="constrained")
     FigureCanvasAgg(figure)
     axes = figure.add_subplot()
