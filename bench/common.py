@@ -90,7 +90,8 @@ class Service:
 
 @contextlib.contextmanager
 def service(conninfo: str, export_dir: Path = EXPORTS, **env: str) -> Iterator[Service]:
-    """``exporter serve`` as its own process, as in production, until the block ends."""
+    """``exporter serve`` as its own process, as in production, until the block ends
+    (benchmarks and the tests that signal or kill the process use it)."""
     port = free_port()
     environment = {
         **os.environ,
@@ -107,10 +108,11 @@ def service(conninfo: str, export_dir: Path = EXPORTS, **env: str) -> Iterator[S
         with httpx.Client(base_url=url, timeout=60) as client:
             for _ in range(300):
                 with contextlib.suppress(httpx.TransportError):
-                    if client.get("/health").status_code == 200:
+                    if client.get("/ready").status_code == 200:  # recovered, database up
                         break
                 time.sleep(0.1)
             yield Service(url, process, client)
     finally:
-        process.terminate()
-        process.wait(60)
+        if process.poll() is None:  # a test may have stopped it already
+            process.terminate()
+            process.wait(60)

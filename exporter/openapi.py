@@ -242,6 +242,10 @@ def openapi_document() -> dict[str, Any]:
                 operation["responses"]["401"] = _problem_response(
                     "API_TOKEN is set and the bearer token is missing or wrong."
                 )
+                # Every one of them may need the job database.
+                operation["responses"].setdefault(
+                    "503", _problem_response("The job database is unreachable.")
+                )
     return document
 
 

@@ -8,15 +8,10 @@ code ``exporter serve`` uses.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import functools
 import os
-import socket
-import subprocess
-import sys
 import tempfile
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -194,34 +189,3 @@ async def wait_for_no_backend(conninfo: str, export_id: str, timeout: float = 1.
     with trio.fail_after(timeout):
         while backends(conninfo, export_id):
             await trio.sleep(0.02)
-
-
-@contextlib.contextmanager
-def service_process(database: str, export_dir: Path, **env: str) -> Iterator[Any]:
-    """``python -m exporter serve`` as its own process, as in production."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    environment = {
-        **os.environ,
-        "DATABASE_URL": database,
-        "EXPORT_DIR": str(export_dir),
-        "BIND": f"127.0.0.1:{port}",
-        **env,
-    }
-    process = subprocess.Popen(
-        [sys.executable, "-m", "exporter", "serve"], env=environment, stderr=subprocess.DEVNULL
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        with httpx.Client(base_url=url, timeout=30) as client:
-            for _ in range(300):
-                with contextlib.suppress(httpx.TransportError):
-                    if client.get("/ready").status_code == 200:
-                        break
-                time.sleep(0.1)
-            yield process, client
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait(10)

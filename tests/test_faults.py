@@ -21,6 +21,7 @@ import psycopg
 import pytest
 import trio
 
+from bench.common import service
 from exporter.jobs import RESTART_ERROR, SHUTDOWN_ERROR
 from exporter.request import ExportRequest, parse_export_request
 from tests.conftest import (
@@ -29,7 +30,6 @@ from tests.conftest import (
     UsersLock,
     backends,
     copy_oracle,
-    service_process,
     wait_until_blocked,
 )
 from tests.dbproxy import DatabaseProxy
@@ -37,6 +37,7 @@ from tests.test_download import count_tasks, open_fds
 
 # Small fetches make a 150k-row export take long enough to be interrupted half-way.
 SLOW = {"batch_rows": 20, "channel_batches": 1}
+SLOW_ENV = {"BATCH_ROWS": "20", "CHANNEL_BATCHES": "1"}
 
 
 async def wait_for_rows(server: Server, export_id: str) -> None:
@@ -119,6 +120,15 @@ async def test_database_down_at_start_then_back_then_lost(
         while (await server.client.get("/ready")).status_code != 503:
             await trio.sleep(0.05)
     assert (await server.client.post("/exports/csv")).status_code == 503
+    for method, path in [
+        ("GET", f"/exports/{export_id}/status"),
+        ("GET", f"/exports/{export_id}/download"),
+        ("DELETE", f"/exports/{export_id}"),
+    ]:
+        response = await server.client.request(method, path)
+        assert response.status_code == 503, (method, path)
+        assert response.headers["content-type"] == "application/problem+json"
+        assert response.headers["retry-after"]
     assert (await server.client.get("/health")).status_code == 200
 
     await proxy.start()
@@ -191,18 +201,16 @@ def start_and_wait_for_rows(client: httpx.Client) -> str:
 
 def test_sigkill_mid_export_then_restart(database: str, tmp_path: Path) -> None:
     exports = tmp_path / "exports"
-    with service_process(database, exports, BATCH_ROWS="20", CHANNEL_BATCHES="1") as (
-        process,
-        client,
-    ):
-        export_id = start_and_wait_for_rows(client)
-        process.send_signal(signal.SIGKILL)
-        process.wait(10)
+    with service(database, export_dir=exports, **SLOW_ENV) as app:
+        export_id = start_and_wait_for_rows(app.client)
+        app.process.send_signal(signal.SIGKILL)
+        app.process.wait(10)
     # What a killed process leaves: a half-written file, a job recorded as processing.
     assert f"{export_id}.csv.part" in export_files(exports)
     assert job_row(database, export_id)[0] == "processing"
 
-    with service_process(database, exports) as (_, client):
+    with service(database, export_dir=exports) as app:
+        client = app.client
         assert job_row(database, export_id) == ("failed", RESTART_ERROR)
         assert export_files(exports) == []
         doc = client.get(f"/exports/{export_id}/status").json()
@@ -217,14 +225,11 @@ def test_sigkill_mid_export_then_restart(database: str, tmp_path: Path) -> None:
 
 def test_sigterm_mid_export_stops_gracefully(database: str, tmp_path: Path) -> None:
     exports = tmp_path / "exports"
-    with service_process(database, exports, BATCH_ROWS="20", CHANNEL_BATCHES="1") as (
-        process,
-        client,
-    ):
-        export_id = start_and_wait_for_rows(client)
+    with service(database, export_dir=exports, **SLOW_ENV) as app:
+        export_id = start_and_wait_for_rows(app.client)
         started = time.monotonic()
-        process.send_signal(signal.SIGTERM)
-        assert process.wait(10) == 0
+        app.process.send_signal(signal.SIGTERM)
+        assert app.process.wait(10) == 0
         assert time.monotonic() - started < 6.0
     assert job_row(database, export_id) == ("failed", SHUTDOWN_ERROR)
     assert export_files(exports) == []

@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from schemathesis import GenerationMode
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 
-from tests.conftest import service_process
+from bench.common import service
 
 EXAMPLES_PER_OPERATION = 40
 
@@ -26,8 +26,8 @@ EXAMPLES_PER_OPERATION = 40
 def api_url(database: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     exports = tmp_path_factory.mktemp("fuzz") / "exports"
     # Few exports at once, so that the generated POSTs queue instead of loading the machine.
-    with service_process(database, exports, MAX_CONCURRENT_EXPORTS="1") as (_, client):
-        yield str(client.base_url).rstrip("/")
+    with service(database, export_dir=exports, MAX_CONCURRENT_EXPORTS="1") as app:
+        yield app.url
 
 
 @pytest.fixture(scope="module")
