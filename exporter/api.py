@@ -11,10 +11,11 @@ import hmac
 import json
 import logging
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import psycopg
+import trio
 from hypercorn.typing import ASGISendCallable
 from quart import Response, request
 from quart_trio import QuartTrio
@@ -35,6 +36,8 @@ ASGIApp = Callable[[Any, Any, Any], Awaitable[None]]
 
 PROBLEM_TYPE = "about:blank"
 RETRY_AFTER_SECONDS = 10
+# Seconds between progress events on /exports/{id}/events.
+EVENT_INTERVAL = 0.25
 # Bigger request bodies than this are refused before they are read: parameters are tiny.
 MAX_BODY_BYTES = 64 * 1024
 
@@ -322,6 +325,36 @@ def create_app(settings: Settings, conninfo: str) -> QuartTrio:
             response.headers.pop("Content-Length", None)
             return response
         return answer
+
+    @app.get("/exports/<raw_id>/events")
+    async def export_events(raw_id: str) -> Response:
+        """Server-Sent Events: ``progress`` a few times a second, then one ``status``.
+
+        Each listener costs one task that reads the job's in-memory figures, nothing
+        when nobody listens; a listener that leaves ends only its own stream.
+        """
+        job_id = _job_id(raw_id)
+        view = None if job_id is None else await jobs.view(job_id)
+        if view is None or job_id is None:
+            return _not_found(raw_id)
+
+        async def events() -> AsyncIterator[bytes]:
+            current: JobView | None = view
+            while current is not None:
+                ended = current.record.status not in ("pending", "processing")
+                doc = json.dumps(status_document(current), separators=(",", ":"))
+                yield f"event: {'status' if ended else 'progress'}\ndata: {doc}\n\n".encode()
+                if ended:
+                    return
+                assert job_id is not None
+                with trio.move_on_after(EVENT_INTERVAL):
+                    await jobs.wait_for_end(job_id)
+                current = await jobs.view(job_id)
+
+        response = Response(events(), content_type="text/event-stream")
+        response.headers["Cache-Control"] = "no-store"
+        response.timeout = None  # an export may run for many minutes
+        return response
 
     @app.delete("/exports/<raw_id>")
     async def cancel_export(raw_id: str) -> Response:

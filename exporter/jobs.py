@@ -219,6 +219,12 @@ class JobManager:
                 rate = job.progress.processed_rows / elapsed
         return JobView(record, queue_position=position, rows_per_second=rate)
 
+    async def wait_for_end(self, job_id: uuid.UUID) -> None:
+        """Until the job has ended (at once if it is not running or queued)."""
+        job = self._live.get(job_id)
+        if job is not None:
+            await job.done.wait()
+
     # -- commands ----------------------------------------------------------------------
 
     async def submit(self, request: ExportRequest) -> JobRecord:

@@ -316,6 +316,24 @@ def _document() -> dict[str, Any]:
                     },
                 }
             },
+            "/exports/{id}/events": {
+                "get": {
+                    "operationId": "exportEvents",
+                    "summary": "Live progress as Server-Sent Events",
+                    "description": "A text/event-stream: an `event: progress` about four "
+                    "times a second while the export is pending or processing, then one "
+                    "`event: status` when it has ended, and the stream closes. The `data` "
+                    "of each event is the status document (ExportStatus) as one line of JSON.",
+                    "parameters": [_id_parameter()],
+                    "responses": {
+                        "200": {
+                            "description": "The event stream.",
+                            "content": {"text/event-stream": {"schema": {"type": "string"}}},
+                        },
+                        "404": _problem_response("No such export."),
+                    },
+                }
+            },
             "/exports/{id}/download": {
                 "get": {
                     "operationId": "downloadExport",

@@ -38,6 +38,7 @@ def api_schema(api_url: str) -> Any:
 OPERATIONS = [
     ("POST", "/exports/csv"),
     ("GET", "/exports/{id}/status"),
+    ("GET", "/exports/{id}/events"),
     ("GET", "/exports/{id}/download"),
     ("HEAD", "/exports/{id}/download"),
     ("DELETE", "/exports/{id}"),
