@@ -1,4 +1,5 @@
-"""The ``exporter`` command: ``serve`` and ``seed``."""
+"""The ``exporter`` command: ``serve`` and ``seed``; ``export``, ``status`` and ``cancel``
+(the client, exporter/client_cli.py)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from collections.abc import Iterator, Sequence
 import trio
 from tqdm import tqdm
 
+from exporter import client_cli
 from exporter.config import Settings, SettingsError
 from exporter.schema import apply_schema, count_users, seed_users
 from exporter.server import limit_malloc_arenas, run_server
@@ -70,7 +72,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     seed = commands.add_parser("seed", help="fill the users table up to --rows rows")
     seed.add_argument("--rows", type=_rows, default=DEFAULT_SEED_ROWS)
+    client_cli.add_commands(commands)
     args = parser.parse_args(argv)
+    if args.command in ("export", "status", "cancel"):
+        return client_cli.run(args)
 
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"

@@ -1,0 +1,178 @@
+"""``exporter export``, ``exporter status`` and ``exporter cancel``: the client's commands.
+
+Progress bars go to stderr (tqdm), results to stdout; a failure is one line on stderr,
+``exporter: <reason>``, with the exit code of ``client.ClientError``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from exporter.client import (
+    EXIT_FAILED,
+    EXIT_INTERRUPTED,
+    ClientError,
+    ExportClient,
+    forget_export,
+    remember_export,
+    resumable_export,
+)
+
+DEFAULT_URL = "http://127.0.0.1:8080"
+
+
+def add_commands(commands: Any) -> None:
+    """Add the client's subcommands to the ``exporter`` parser."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--url",
+        default=os.environ.get("EXPORTER_URL", DEFAULT_URL),
+        help=f"the service (default: EXPORTER_URL or {DEFAULT_URL}); API_TOKEN is sent if set",
+    )
+    export = commands.add_parser(
+        "export",
+        parents=[common],
+        help="start an export, show its progress, download it (rerun to resume)",
+    )
+    export.add_argument("-o", "--output", required=True, type=Path, help="file to write")
+    export.add_argument("--country-code")
+    export.add_argument("--tier", dest="subscription_tier")
+    export.add_argument("--columns", help="comma-separated, e.g. id,email")
+    export.add_argument("--delimiter")
+    export.add_argument("--quote-char")
+    export.add_argument("--neutralize-formulas", action="store_true")
+    export.add_argument("--gzip", action="store_true", help="download the gzip file as is")
+    export.add_argument("--limit-rate", type=int, help="download at most this many bytes/s")
+    export.add_argument(
+        "--cancel-on-interrupt",
+        action="store_true",
+        help="on Ctrl-C cancel the export on the server without asking",
+    )
+    status = commands.add_parser("status", parents=[common], help="show an export's status")
+    status.add_argument("export_id")
+    status.add_argument("--json", action="store_true", help="the whole status document")
+    cancel = commands.add_parser("cancel", parents=[common], help="cancel an export")
+    cancel.add_argument("export_id")
+
+
+def run(args: argparse.Namespace) -> int:
+    client = ExportClient(args.url, token=os.environ.get("API_TOKEN"))
+    try:
+        if args.command == "status":
+            doc = client.status(args.export_id)
+            print(json.dumps(doc, indent=2) if args.json else _summary(doc))
+        elif args.command == "cancel":
+            client.cancel(args.export_id)
+            print(f"cancelled {args.export_id}")
+        else:
+            return _export(client, args)
+        return 0
+    except ClientError as error:
+        print(f"exporter: {error}", file=sys.stderr)
+        return error.code
+    finally:
+        client.close()
+
+
+def _summary(doc: dict[str, Any]) -> str:
+    progress = doc["progress"]
+    line = (
+        f"{doc['exportId']} {doc['status']} {progress['percentage']}% "
+        f"({progress['processedRows']:,} rows, {progress['bytesWritten']:,} bytes)"
+    )
+    return f"{line}: {doc['error']}" if doc.get("error") else line
+
+
+def _params(args: argparse.Namespace) -> dict[str, str]:
+    params = {
+        "country_code": args.country_code,
+        "subscription_tier": args.subscription_tier,
+        "columns": args.columns,
+        "delimiter": args.delimiter,
+        "quoteChar": args.quote_char,
+        "neutralizeFormulas": "true" if args.neutralize_formulas else None,
+    }
+    return {name: value for name, value in params.items() if value is not None}
+
+
+def _export(client: ExportClient, args: argparse.Namespace) -> int:
+    target: Path = args.output
+    params = _params(args)
+    export_id = resumable_export(target, args.url, params, args.gzip)
+    if export_id is not None:
+        try:
+            usable = client.status(export_id)["status"] not in ("failed", "cancelled", "expired")
+        except ClientError:
+            usable = False
+        if usable:
+            print(f"exporter: continuing export {export_id}", file=sys.stderr)
+        else:
+            export_id = None
+    if export_id is None:
+        forget_export(target)  # whatever was there belongs to no export we can continue
+        export_id = client.start(params)
+        remember_export(target, args.url, params, args.gzip, export_id)
+        print(f"exporter: started export {export_id}", file=sys.stderr)
+    try:
+        final = _watch(client, export_id)
+        if final["status"] != "completed":
+            forget_export(target)
+            reason = final.get("error") or "no reason given"
+            raise ClientError(f"export {export_id} {final['status']}: {reason}", EXIT_FAILED)
+        with tqdm(unit="B", unit_scale=True, unit_divisor=1024, desc="downloading") as bar:
+
+            def on_bytes(count: int, total: int | None) -> None:
+                if total is not None:  # the start: bytes already there, and the whole size
+                    bar.reset(total=total)
+                bar.update(count)
+
+            size = client.download(
+                export_id, target, gzip=args.gzip, on_bytes=on_bytes, limit_rate=args.limit_rate
+            )
+    except KeyboardInterrupt:
+        return _interrupted(client, export_id, target, args.cancel_on_interrupt)
+    print(f"{target} {size} bytes, export {export_id}")
+    return 0
+
+
+def _watch(client: ExportClient, export_id: str) -> dict[str, Any]:
+    with tqdm(unit=" rows", unit_scale=True, desc="exporting") as bar:
+
+        def on_progress(doc: dict[str, Any]) -> None:
+            progress = doc["progress"]
+            if progress["totalRows"] and bar.total != progress["totalRows"]:
+                bar.total = progress["totalRows"]
+            bar.update(progress["processedRows"] - bar.n)
+            bar.set_postfix_str(doc["status"], refresh=False)
+
+        return client.follow(export_id, on_progress)
+
+
+def _interrupted(client: ExportClient, export_id: str, target: Path, cancel: bool) -> int:
+    if not cancel and sys.stdin.isatty():
+        try:
+            answer = input(f"\nCancel export {export_id} on the server? [y/N] ")
+        except (EOFError, KeyboardInterrupt):
+            answer = ""
+        cancel = answer.strip().lower() in ("y", "yes")
+    if cancel:
+        try:
+            client.cancel(export_id)
+        except ClientError as error:
+            print(f"exporter: could not cancel {export_id}: {error}", file=sys.stderr)
+            return EXIT_INTERRUPTED
+        forget_export(target)
+        print(f"exporter: interrupted; export {export_id} cancelled", file=sys.stderr)
+    else:
+        print(
+            f"exporter: interrupted; export {export_id} goes on: run the same command to continue",
+            file=sys.stderr,
+        )
+    return EXIT_INTERRUPTED
