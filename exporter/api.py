@@ -10,6 +10,7 @@ from __future__ import annotations
 import hmac
 import json
 import logging
+import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -25,6 +26,8 @@ from werkzeug.exceptions import HTTPException
 from exporter.config import Settings
 from exporter.download import FileResponse, open_download
 from exporter.jobs import JobManager, JobView, QueueFull
+from exporter.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from exporter.metrics import Metrics
 from exporter.openapi import openapi_document
 from exporter.ranges import Plan
 from exporter.request import FieldError, RequestInvalid, parse_export_request
@@ -175,6 +178,7 @@ def create_app(settings: Settings, conninfo: str) -> QuartTrio:
     app.config["BACKGROUND_TASK_SHUTDOWN_TIMEOUT"] = None
     store = JobStore(conninfo)
     jobs = JobManager(settings, conninfo, store)
+    metrics = jobs.metrics = Metrics(jobs.counts)
     app.extensions["exporter.jobs"] = jobs
 
     @app.before_serving
@@ -239,6 +243,10 @@ def create_app(settings: Settings, conninfo: str) -> QuartTrio:
         if not jobs.recovered.is_set():
             return problem(503, "Not ready", "recovering the jobs of a previous run", database="up")
         return {"status": "ready", "database": "up"}
+
+    @app.get("/metrics")
+    async def prometheus_metrics() -> Response:
+        return Response(metrics.exposition(), content_type=METRICS_CONTENT_TYPE)
 
     @app.get("/openapi.json")
     async def openapi() -> dict[str, Any]:
@@ -314,6 +322,7 @@ def create_app(settings: Settings, conninfo: str) -> QuartTrio:
             headers,
             request.method,
             zero_copy=settings.zero_copy,
+            metrics=metrics,
         )
         if answer is None:  # removed between the lookup and the open
             return problem(410, "Export gone", "the export's file is no longer available")
@@ -363,11 +372,11 @@ def create_app(settings: Settings, conninfo: str) -> QuartTrio:
             return _not_found(raw_id)
         return Response(b"", status=204)
 
-    app.asgi_app = health_fast_path(app.asgi_app, jobs)  # type: ignore[method-assign,assignment]
+    app.asgi_app = health_fast_path(app.asgi_app, jobs, metrics)  # type: ignore[method-assign,assignment]
     return app
 
 
-def health_fast_path(asgi_app: ASGIApp, jobs: JobManager) -> ASGIApp:
+def health_fast_path(asgi_app: ASGIApp, jobs: JobManager, metrics: Metrics) -> ASGIApp:
     """``GET|HEAD /health`` answered before Quart sees the request.
 
     Health checks must answer at once however loaded the process is. Quart's request
@@ -383,6 +392,7 @@ def health_fast_path(asgi_app: ASGIApp, jobs: JobManager) -> ASGIApp:
             or scope["method"] not in ("GET", "HEAD")
         ):
             return await asgi_app(scope, receive, send)
+        started = time.perf_counter()
         body = json.dumps({"status": "ok", "exports": jobs.counts()}).encode()
         headers = [
             (b"content-type", b"application/json"),
@@ -393,6 +403,7 @@ def health_fast_path(asgi_app: ASGIApp, jobs: JobManager) -> ASGIApp:
         await send(
             {"type": "http.response.body", "body": b"" if scope["method"] == "HEAD" else body}
         )
+        metrics.health.observe(time.perf_counter() - started)
         return None
 
     return app

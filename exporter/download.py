@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -22,6 +23,7 @@ from hypercorn.typing import ASGISendCallable
 from quart import Response
 from quart.utils import encode_headers
 
+from exporter.metrics import Metrics
 from exporter.pipeline import gzip_path
 from exporter.ranges import FileVersion, Plan, make_etag, plan_response
 from exporter.zerocopy import EXTENSION
@@ -76,8 +78,10 @@ class FileResponse(Response):
         headers: Mapping[str, str],
         method: str,
         zero_copy: bool = True,
+        metrics: Metrics | None = None,
     ) -> None:
         super().__init__(b"", status=plan.status)
+        self.metrics = metrics
         self.headers.update(headers)
         self.headers.update(dict(plan.headers))
         if plan.status == 304:
@@ -100,6 +104,7 @@ class FileResponse(Response):
                 }
             )
             if self.length and self.zero_copy and EXTENSION in scope.get("extensions", {}):
+                self._count("sendfile", 0)
                 await send(
                     {  # type: ignore[arg-type]
                         "type": EXTENSION,
@@ -107,10 +112,13 @@ class FileResponse(Response):
                         "offset": self.start,
                         "count": self.length,
                         "more_body": False,
+                        "exporter.progress": functools.partial(self._count, "sendfile"),
                     }
                 )
                 return
             offset, end = self.start, self.start + self.length
+            if self.length:
+                self._count("fallback", 0)
             fd = self.file.fileno()
             while offset < end:
                 chunk = await trio.to_thread.run_sync(
@@ -120,9 +128,18 @@ class FileResponse(Response):
                     raise OSError("the file ended before its announced length")
                 offset += len(chunk)
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                self._count("fallback", len(chunk))
             await send({"type": "http.response.body", "body": b"", "more_body": False})
         finally:
             self.file.close()
+
+    def _count(self, how: str, sent: int) -> None:
+        """For /metrics: a body begins (``sent`` 0), or ``sent`` more bytes went out."""
+        if self.metrics is not None:
+            if sent:
+                self.metrics.served.labels(how).inc(sent)
+            else:
+                self.metrics.downloads.labels(how).inc()
 
 
 def _open(path: Path) -> tuple[BinaryIO, os.stat_result]:
@@ -141,6 +158,7 @@ async def open_download(
     method: str,
     *,
     zero_copy: bool = True,
+    metrics: Metrics | None = None,
 ) -> FileResponse | Plan | None:
     """The response for a completed export's file.
 
@@ -179,7 +197,7 @@ async def open_download(
     if encoding:
         headers["Content-Encoding"] = encoding
     try:
-        return FileResponse(file, plan, headers, method, zero_copy)
+        return FileResponse(file, plan, headers, method, zero_copy, metrics)
     except BaseException:
         file.close()
         raise

@@ -27,6 +27,7 @@ import psycopg
 import trio
 
 from exporter.config import Settings
+from exporter.metrics import Metrics
 from exporter.pipeline import Progress, export_csv, gzip_path
 from exporter.request import ExportRequest
 from exporter.store import JobRecord, JobStore, utcnow
@@ -102,6 +103,7 @@ class JobManager:
         self.recovered = trio.Event()
         # Ends of jobs that could not be recorded (the database was away), saved later.
         self._unsaved: dict[uuid.UUID, JobRecord] = {}
+        self.metrics: Metrics | None = None  # set by the app
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -303,6 +305,10 @@ class JobManager:
                 status, error = "cancelled", None
             record.status, record.error = status, error
             self._copy_progress(job)
+            if self.metrics is not None:
+                self.metrics.export_ended(
+                    status, record.processed_rows, record.file_size or 0, _duration(record)
+                )
             # Shielded: when the server stops, this cleanup must still run to the end.
             with trio.CancelScope(shield=True) as final_scope:
                 final_scope.deadline = trio.current_time() + FINAL_SAVE_TIMEOUT
@@ -357,6 +363,12 @@ class JobManager:
                     await self.store.save(job.record)
                 except psycopg.Error:
                     log.warning("could not save progress of export %s", job.record.id)
+
+
+def _duration(record: JobRecord) -> float | None:
+    if record.started_at is None or record.completed_at is None:
+        return None
+    return (record.completed_at - record.started_at).total_seconds()
 
 
 def _final_rate(record: JobRecord) -> float | None:

@@ -415,6 +415,24 @@ def _document() -> dict[str, Any]:
                     },
                 }
             },
+            "/metrics": {
+                "get": {
+                    "operationId": "metrics",
+                    "summary": "Prometheus metrics (text format); never touches the database",
+                    "description": "exporter_exports_total{status}, "
+                    "exporter_exported_rows_total, exporter_exported_bytes_total, "
+                    "exporter_export_duration_seconds, exporter_exports_running, "
+                    "exporter_exports_queued, exporter_download_bytes_total{method}, "
+                    "exporter_downloads_total{method} (method: sendfile or fallback), "
+                    "exporter_health_seconds.",
+                    "responses": {
+                        "200": {
+                            "description": "The Prometheus text exposition format.",
+                            "content": {"text/plain": {"schema": {"type": "string"}}},
+                        }
+                    },
+                }
+            },
             "/openapi.json": {
                 "get": {
                     "operationId": "openapi",

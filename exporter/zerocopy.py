@@ -61,6 +61,8 @@ class FileRange:
     fd: int
     offset: int
     count: int
+    # Called with the bytes of each sendfile call (the app's "progress", if it gave one).
+    progress: Callable[[int], None] | None = None
 
     def __len__(self) -> int:
         return self.count
@@ -73,6 +75,7 @@ class FileBody(StreamEvent):
     fd: int
     offset: int
     count: int
+    progress: Callable[[int], None] | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -114,7 +117,15 @@ def _wrap_app_send(original: Callable[..., Awaitable[None]]) -> Callable[..., Aw
         count = message.get("count")
         count = os.fstat(fd).st_size - offset if count is None else count
         if count > 0 and self.scope["method"] != "HEAD":
-            await self.send(FileBody(stream_id=self.stream_id, fd=fd, offset=offset, count=count))
+            event = FileBody(
+                stream_id=self.stream_id,
+                fd=fd,
+                offset=offset,
+                count=count,
+                # Not in the ASGI extension: this module's own, for counting what was sent.
+                progress=message.get("exporter.progress"),
+            )
+            await self.send(event)
         if not message.get("more_body", False):
             await self._send_closed()
         return None
@@ -127,7 +138,7 @@ def _wrap_stream_send(original: Callable[..., Awaitable[None]]) -> Callable[...,
     async def stream_send(self: H11Protocol, event: Any) -> None:
         if not isinstance(event, FileBody):
             return await original(self, event)
-        file_range = FileRange(event.fd, event.offset, event.count)
+        file_range = FileRange(event.fd, event.offset, event.count, event.progress)
         # Only HTTP (not WebSocket) streams send files, so this is h11's own Connection.
         connection = cast(h11.Connection, self.connection)
         data = h11.Data(data=file_range)  # type: ignore[arg-type]  # h11 needs only len()
@@ -171,6 +182,8 @@ async def sendfile_all(
             raise OSError(errno.EIO, "file ended before the promised length")
         stats["sendfile_calls"] += 1
         stats["sendfile_bytes"] += sent
+        if file_range.progress is not None:
+            file_range.progress(sent)
         offset += sent
         remaining -= sent
 

@@ -44,6 +44,7 @@ OPERATIONS = [
     ("DELETE", "/exports/{id}"),
     ("GET", "/health"),
     ("GET", "/ready"),
+    ("GET", "/metrics"),
 ]
 
 
