@@ -13,6 +13,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import trio_asyncio  # noqa: F401  (before psycopg: see exporter/__init__.py)
 import httpx
@@ -89,7 +90,9 @@ class Service:
 
 
 @contextlib.contextmanager
-def service(conninfo: str, export_dir: Path = EXPORTS, **env: str) -> Iterator[Service]:
+def service(
+    conninfo: str, export_dir: Path = EXPORTS, stderr: Any = subprocess.DEVNULL, **env: str
+) -> Iterator[Service]:
     """``exporter serve`` as its own process, as in production, until the block ends
     (benchmarks and the tests that signal or kill the process use it)."""
     port = free_port()
@@ -101,7 +104,7 @@ def service(conninfo: str, export_dir: Path = EXPORTS, **env: str) -> Iterator[S
         **env,
     }
     process = subprocess.Popen(
-        [sys.executable, "-m", "exporter", "serve"], env=environment, stderr=subprocess.DEVNULL
+        [sys.executable, "-m", "exporter", "serve"], env=environment, stderr=stderr
     )
     url = f"http://127.0.0.1:{port}"
     try:

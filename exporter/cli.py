@@ -14,6 +14,7 @@ from tqdm import tqdm
 
 from exporter import client_cli
 from exporter.config import Settings, SettingsError
+from exporter.logs import configure_logging
 from exporter.schema import apply_schema, count_users, seed_users
 from exporter.server import limit_malloc_arenas, run_server
 
@@ -77,13 +78,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command in ("export", "status", "cancel"):
         return client_cli.run(args)
 
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
     try:
         settings = Settings.from_env()
     except SettingsError as error:
         parser.error(str(error))
+    configure_logging(settings.log_format)
     if args.command == "serve" and args.bind:
         settings = settings.replace(bind=args.bind)
 

@@ -48,6 +48,8 @@ class Settings:
     send_timeout: float = 120.0
     # With a token, every /exports route needs "Authorization: Bearer <token>".
     api_token: str | None = dataclasses.field(default=None, repr=False)
+    # "text" (readable) or "json" (one object a line, for log collectors).
+    log_format: str = "text"
     # How often a running job's progress is written to export_jobs (seconds).
     progress_interval: float = 0.5
 
@@ -116,6 +118,7 @@ class Settings:
             export_ttl=seconds("EXPORT_TTL", defaults.export_ttl),
             janitor_interval=seconds("JANITOR_INTERVAL", defaults.janitor_interval),
             api_token=env.get("API_TOKEN") or None,
+            log_format=choice("LOG_FORMAT", defaults.log_format, ("text", "json")),
             progress_interval=seconds("PROGRESS_INTERVAL", defaults.progress_interval),
         )
 

@@ -176,7 +176,11 @@ class JobManager:
                 log.warning("could not look for expired exports: %s", exc)
             else:
                 for job_id in expired:
-                    log.info("export %s expired; removing its files", job_id)
+                    log.info(
+                        "export %s expired; removing its files",
+                        job_id,
+                        extra={"event": "export.expired", "export_id": str(job_id)},
+                    )
                     await trio.to_thread.run_sync(self._remove_files, job_id)
             await trio.sleep(self.settings.janitor_interval)
 
@@ -242,6 +246,7 @@ class JobManager:
         self._live[job.record.id] = job
         self._waiting.append(job)
         self._nursery.start_soon(self._run, job, name=f"export {job.record.id}")
+        _log_transition(job.record, request=request.to_json())
         return job.record
 
     async def cancel(self, job_id: uuid.UUID) -> bool:
@@ -286,17 +291,12 @@ class JobManager:
                 async with self._slots:
                     self._waiting.remove(job)
                     record.status, record.started_at = "processing", utcnow()
+                    _log_transition(record)
                     await self.store.save(record)
                     await self._export(job)
                     status, error = "completed", None
-                    log.info(
-                        "export %s completed: %d rows, %d bytes",
-                        record.id,
-                        record.processed_rows,
-                        record.file_size,
-                    )
         except Exception as exc:
-            log.warning("export %s failed", record.id, exc_info=True)
+            log.warning("export %s raised", record.id, exc_info=True)
             status, error = "failed", describe_error(exc)
         finally:
             if job in self._waiting:
@@ -321,6 +321,13 @@ class JobManager:
                 except Exception:
                     log.exception("could not record the end of export %s; will retry", record.id)
                     self._unsaved[record.id] = record
+            _log_transition(
+                record,
+                rows=record.processed_rows,
+                bytes=record.file_size if status == "completed" else record.bytes_written,
+                duration_s=None if (took := _duration(record)) is None else round(took, 3),
+                error=error,
+            )
             del self._live[record.id]
             job.done.set()
 
@@ -363,6 +370,23 @@ class JobManager:
                     await self.store.save(job.record)
                 except psycopg.Error:
                     log.warning("could not save progress of export %s", job.record.id)
+
+
+def _log_transition(record: JobRecord, **facts: Any) -> None:
+    """One line per state a job enters; with LOG_FORMAT=json its facts are keys."""
+    shown = ", ".join(f"{name} {value}" for name, value in facts.items() if value is not None)
+    log.info(
+        "export %s %s%s",
+        record.id,
+        record.status,
+        f": {shown}" if shown else "",
+        extra={
+            "event": f"export.{record.status}",
+            "export_id": str(record.id),
+            "status": record.status,
+            **facts,
+        },
+    )
 
 
 def _duration(record: JobRecord) -> float | None:

@@ -157,7 +157,7 @@ async def test_api_token_guards_every_exports_route(start_server: StartServer) -
                 assert response.headers["www-authenticate"].startswith("Bearer")
                 if method != "HEAD":
                     assert response.json()["status"] == 401
-        for path in ("/health", "/ready", "/openapi.json"):
+        for path in ("/health", "/ready", "/metrics", "/openapi.json"):
             assert (await anonymous.get(path)).status_code == 200
         authorised = await anonymous.get(
             f"/exports/{export_id}/status", headers={"Authorization": "Bearer s3cret-token"}
