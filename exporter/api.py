@@ -13,6 +13,7 @@ import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -39,6 +40,8 @@ ASGIApp = Callable[[Any, Any, Any], Awaitable[None]]
 
 PROBLEM_TYPE = "about:blank"
 RETRY_AFTER_SECONDS = 10
+# GET /exports: how many recent exports, by default and at most.
+DEFAULT_LIST_LIMIT, MAX_LIST_LIMIT = 20, 100
 # Seconds between progress events on /exports/{id}/events.
 EVENT_INTERVAL = 0.25
 # Bigger request bodies than this are refused before they are read: parameters are tiny.
@@ -285,6 +288,20 @@ def create_app(settings: Settings, conninfo: str) -> QuartTrio:
             content_type="application/json",
             headers={"Location": status_url},
         )
+
+    @app.get("/exports")
+    async def list_exports() -> Response | dict[str, Any]:
+        raw = request.args.get("limit", str(DEFAULT_LIST_LIMIT))
+        if not raw.isdigit() or not 1 <= int(raw) <= MAX_LIST_LIMIT:
+            return validation_problem(
+                [FieldError("limit", f"must be a whole number from 1 to {MAX_LIST_LIMIT}")]
+            )
+        return {"exports": [status_document(view) for view in await jobs.recent(int(raw))]}
+
+    @app.get("/")
+    async def status_page() -> Response:
+        page = (Path(__file__).parent / "static" / "index.html").read_bytes()
+        return Response(page, content_type="text/html; charset=utf-8")
 
     @app.get("/exports/<raw_id>/status")
     async def export_status(raw_id: str) -> Response | dict[str, Any]:

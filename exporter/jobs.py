@@ -225,6 +225,14 @@ class JobManager:
                 rate = job.progress.processed_rows / elapsed
         return JobView(record, queue_position=position, rows_per_second=rate)
 
+    async def recent(self, limit: int) -> list[JobView]:
+        """The most recent jobs, newest first, running ones with their live figures."""
+        views = []
+        for record in await self.store.recent(limit):
+            view = await self.view(record.id) if record.id in self._live else None
+            views.append(view or JobView(record, rows_per_second=_final_rate(record)))
+        return views
+
     async def wait_for_end(self, job_id: uuid.UUID) -> None:
         """Until the job has ended (at once if it is not running or queued)."""
         job = self._live.get(job_id)

@@ -297,6 +297,54 @@ def _document() -> dict[str, Any]:
                     },
                 }
             },
+            "/exports": {
+                "get": {
+                    "operationId": "listExports",
+                    "summary": "The most recent exports, newest first, as status documents",
+                    "parameters": [
+                        {
+                            "name": "limit",
+                            "in": "query",
+                            "description": "How many (default 20).",
+                            "schema": {"type": "integer", "minimum": 1, "maximum": 100},
+                        }
+                    ],
+                    "responses": {
+                        "200": {
+                            "description": "Recent exports.",
+                            "content": {
+                                "application/json": {
+                                    "schema": {
+                                        "type": "object",
+                                        "required": ["exports"],
+                                        "properties": {
+                                            "exports": {
+                                                "type": "array",
+                                                "items": {
+                                                    "$ref": "#/components/schemas/ExportStatus"
+                                                },
+                                            }
+                                        },
+                                    }
+                                }
+                            },
+                        },
+                        "400": _problem_response("limit is not a whole number from 1 to 100."),
+                    },
+                }
+            },
+            "/": {
+                "get": {
+                    "operationId": "statusPage",
+                    "summary": "The status page: recent exports with live progress (HTML)",
+                    "responses": {
+                        "200": {
+                            "description": "An HTML page.",
+                            "content": {"text/html": {"schema": {"type": "string"}}},
+                        }
+                    },
+                }
+            },
             "/exports/{id}/status": {
                 "get": {
                     "operationId": "getExportStatus",

@@ -148,6 +148,13 @@ class JobStore:
         rows = await self.query("SELECT id FROM export_jobs WHERE status = 'completed'")
         return {row["id"] for row in rows}
 
+    async def recent(self, limit: int) -> list[JobRecord]:
+        """The ``limit`` most recently created jobs, newest first."""
+        rows = await self.query(
+            f"SELECT {_COLUMNS} FROM export_jobs ORDER BY created_at DESC LIMIT %s", (limit,)
+        )
+        return [_record(row) for row in rows]
+
     async def expire_due(self) -> list[uuid.UUID]:
         """Mark completed jobs whose ``expires_at`` has passed as expired; their ids."""
         rows = await self.query(

@@ -201,3 +201,20 @@ async def test_health_and_unknown_route(server: Server) -> None:
     response = await server.client.put("/exports/csv")
     assert response.status_code == 405
     assert json.loads(response.text)["status"] == 405
+
+
+async def test_list_of_recent_exports(server: Server) -> None:
+    ids = [await server.create(country_code=code) for code in ("NZ", "GB", "FR")]
+    for export_id in ids:
+        await server.wait_for(export_id, "completed")
+    response = await server.client.get("/exports", params={"limit": 2})
+    assert response.status_code == 200
+    listed = response.json()["exports"]
+    assert [doc["exportId"] for doc in listed] == ids[:0:-1]  # newest first, two of them
+    assert listed[0] == await server.status(ids[2])  # the same documents as GET status
+    default = (await server.client.get("/exports")).json()["exports"]
+    assert [doc["exportId"] for doc in default][:3] == ids[::-1]
+    for bad in ("0", "101", "x", "-1"):
+        response = await server.client.get("/exports", params={"limit": bad})
+        assert response.status_code == 400
+        assert response.json()["errors"][0]["param"] == "limit"

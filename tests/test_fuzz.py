@@ -37,6 +37,8 @@ def api_schema(api_url: str) -> Any:
 
 OPERATIONS = [
     ("POST", "/exports/csv"),
+    ("GET", "/exports"),
+    ("GET", "/"),
     ("GET", "/exports/{id}/status"),
     ("GET", "/exports/{id}/events"),
     ("GET", "/exports/{id}/download"),

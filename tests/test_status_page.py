@@ -1,0 +1,104 @@
+"""The status page at ``/`` (issue 7), in a real headless browser: Debian's chromium driven
+through chromedriver (selenium), against ``exporter serve`` as its own process."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from selenium import webdriver
+from selenium.webdriver.chrome.options import Options
+from selenium.webdriver.chrome.service import Service as DriverService
+from selenium.webdriver.common.by import By
+from selenium.webdriver.remote.webdriver import WebDriver
+from selenium.webdriver.support.ui import WebDriverWait
+
+from bench.common import service
+from exporter.request import ExportRequest
+
+
+@pytest.fixture
+def browser(tmp_path: Path) -> Iterator[tuple[WebDriver, Path]]:
+    downloads = tmp_path / "downloads"
+    downloads.mkdir()
+    options = Options()
+    options.binary_location = "/usr/bin/chromium"
+    for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage",
+                     "--window-size=1200,700"):  # fmt: skip
+        options.add_argument(argument)
+    prefs = {"download.default_directory": str(downloads), "download.prompt_for_download": False}
+    options.add_experimental_option("prefs", prefs)
+    driver = webdriver.Chrome(service=DriverService("/usr/bin/chromedriver"), options=options)
+    try:
+        yield driver, downloads
+    finally:
+        driver.quit()
+
+
+def text_of(driver: WebDriver, export_id: str, cell: str) -> str:
+    return str(
+        driver.find_element(By.CSS_SELECTOR, f'tr[data-id="{export_id}"] [data-cell="{cell}"]').text
+    )
+
+
+def test_start_watch_download_and_cancel_in_a_browser(
+    browser: tuple[WebDriver, Path],
+    database: str,
+    tmp_path: Path,
+    oracle: Callable[[ExportRequest], bytes],
+) -> None:
+    driver, downloads = browser
+    # Small fetches: the 150k-row export takes a few seconds, so progress can be watched.
+    with service(database, export_dir=tmp_path / "exports", BATCH_ROWS="200") as app:
+        driver.get(f"{app.url}/")
+        assert driver.title == "exporter"
+        # The session's database holds other tests' exports too: find the new row.
+        listed = app.client.get("/exports?limit=100").json()["exports"]
+        earlier = {doc["exportId"] for doc in listed}
+        driver.find_element(By.ID, "columns").send_keys("id,name,email")
+        driver.find_element(By.ID, "start").click()
+        wait = WebDriverWait(driver, 60, poll_frequency=0.05)
+
+        def new_row(d: WebDriver) -> str | None:
+            for row in d.find_elements(By.CSS_SELECTOR, "#exports tr[data-id]"):
+                if row.get_attribute("data-id") not in earlier:
+                    return str(row.get_attribute("data-id"))
+            return None
+
+        export_id = wait.until(new_row)
+
+        seen: list[int] = []  # the progress bar's values while the browser follows the stream
+
+        def completed(d: WebDriver) -> bool:
+            bar = d.find_element(By.CSS_SELECTOR, f'tr[data-id="{export_id}"] progress')
+            seen.append(round(float(bar.get_attribute("value") or 0)))
+            return text_of(d, export_id, "status") == "completed"
+
+        wait.until(completed)
+        assert seen[-1] == 100 and text_of(driver, export_id, "pct") == "100%"
+        assert any(0 < value < 100 for value in seen), seen  # it moved, live
+        assert seen == sorted(seen)
+        # The README's picture of the page is one of these (docs/status-page.png).
+        assert driver.save_screenshot(str(tmp_path / "status-page.png"))
+
+        link = f'tr[data-id="{export_id}"] [data-cell="download"]'
+        driver.find_element(By.CSS_SELECTOR, link).click()
+        target = downloads / f"export_{export_id}.csv"
+        deadline = time.monotonic() + 30
+        while not target.exists() or list(downloads.glob("*.crdownload")):
+            assert time.monotonic() < deadline, list(downloads.iterdir())
+            time.sleep(0.1)
+        assert target.read_bytes() == oracle(ExportRequest(columns=("id", "name", "email")))
+
+        # Cancel: the completed export's file is withdrawn.
+        button = f'tr[data-id="{export_id}"] [data-cell="cancel"]'
+        driver.find_element(By.CSS_SELECTOR, button).click()
+        wait.until(lambda d: text_of(d, export_id, "status") == "cancelled")
+        assert app.client.get(f"/exports/{export_id}/status").json()["status"] == "cancelled"
+
+        # A bad parameter is shown, not lost.
+        driver.find_element(By.ID, "country").send_keys("1x")
+        driver.find_element(By.ID, "start").click()
+        wait.until(lambda d: "country_code" in d.find_element(By.ID, "message").text)
