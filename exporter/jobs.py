@@ -171,17 +171,21 @@ class JobManager:
         await self.recovered.wait()
         while True:
             try:
-                expired = await self.store.expire_due()
+                due = await self.store.due_to_expire()
+                # Files first: once a job says expired, its files are gone.
+                for job_id in due:
+                    await trio.to_thread.run_sync(self._remove_files, job_id)
+                if due:
+                    await self.store.mark_expired(due)
             except psycopg.OperationalError as exc:
-                log.warning("could not look for expired exports: %s", exc)
+                log.warning("could not expire exports: %s", exc)
             else:
-                for job_id in expired:
+                for job_id in due:
                     log.info(
-                        "export %s expired; removing its files",
+                        "export %s expired; its files are removed",
                         job_id,
                         extra={"event": "export.expired", "export_id": str(job_id)},
                     )
-                    await trio.to_thread.run_sync(self._remove_files, job_id)
             await trio.sleep(self.settings.janitor_interval)
 
     async def _save_unsaved(self) -> None:

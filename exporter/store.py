@@ -155,10 +155,16 @@ class JobStore:
         )
         return [_record(row) for row in rows]
 
-    async def expire_due(self) -> list[uuid.UUID]:
-        """Mark completed jobs whose ``expires_at`` has passed as expired; their ids."""
+    async def due_to_expire(self) -> list[uuid.UUID]:
+        """Completed jobs whose ``expires_at`` has passed."""
         rows = await self.query(
-            "UPDATE export_jobs SET status = 'expired', updated_at = now()"
-            " WHERE status = 'completed' AND expires_at <= now() RETURNING id"
+            "SELECT id FROM export_jobs WHERE status = 'completed' AND expires_at <= now()"
         )
         return [row["id"] for row in rows]
+
+    async def mark_expired(self, job_ids: list[uuid.UUID]) -> None:
+        await self.query(
+            "UPDATE export_jobs SET status = 'expired', updated_at = now()"
+            " WHERE id = ANY(%s) AND status = 'completed'",
+            (job_ids,),
+        )
