@@ -177,7 +177,7 @@ class JobManager:
                     await trio.to_thread.run_sync(self._remove_files, job_id)
                 if due:
                     await self.store.mark_expired(due)
-            except psycopg.OperationalError as exc:
+            except (psycopg.Error, OSError) as exc:  # the janitor must outlive a bad pass
                 log.warning("could not expire exports: %s", exc)
             else:
                 for job_id in due:
@@ -195,8 +195,8 @@ class JobManager:
             for job_id, record in list(self._unsaved.items()):
                 try:
                     await self.store.save(record)
-                except psycopg.OperationalError:
-                    break
+                except psycopg.Error:
+                    break  # still away: the next round tries again
                 log.info("recorded the end of export %s (%s)", job_id, record.status)
                 del self._unsaved[job_id]
 
