@@ -72,9 +72,15 @@ def test_start_watch_download_and_cancel_in_a_browser(
         seen: list[int] = []  # the progress bar's values while the browser follows the stream
 
         def completed(d: WebDriver) -> bool:
-            bar = d.find_element(By.CSS_SELECTOR, f'tr[data-id="{export_id}"] progress')
-            seen.append(round(float(bar.get_attribute("value") or 0)))
-            return text_of(d, export_id, "status") == "completed"
+            # Both read in one script: the page cannot update between them.
+            value, status = d.execute_script(
+                "const row = document.querySelector(`tr[data-id='${arguments[0]}']`);"
+                "return [row.querySelector('progress').value,"
+                " row.querySelector('[data-cell=status]').textContent];",
+                export_id,
+            )
+            seen.append(round(float(value)))
+            return bool(status == "completed")
 
         wait.until(completed)
         assert seen[-1] == 100 and text_of(driver, export_id, "pct") == "100%"
