@@ -188,7 +188,9 @@ async def test_copy_reader_leaves_the_event_loop_running(database: str) -> None:
             assert rows == SLEEPY_ROWS and data.endswith(b"199999\t\\N\n200000\t\n")
             assert await run_cancellable(source.read, 10, cancel=conn.cancel_safe) == (0, b"")
             nursery.cancel_scope.cancel()
-        assert sum(gaps) >= 0.9 and max(gaps) < 0.2, max(gaps)
+        # Holding the GIL through the server's 1 s sleep would show as a gap of ~1 s; on a
+        # busy shared machine ordinary gaps reach a couple of tenths (0.23 s seen once).
+        assert sum(gaps) >= 0.9 and max(gaps) < 0.5, max(gaps)
     finally:
         conn.close()
 
