@@ -104,7 +104,7 @@ class FileResponse(Response):
                 }
             )
             if self.length and self.zero_copy and EXTENSION in scope.get("extensions", {}):
-                self._count("sendfile", 0)
+                self._began("sendfile")
                 await send(
                     {  # type: ignore[arg-type]
                         "type": EXTENSION,
@@ -112,13 +112,13 @@ class FileResponse(Response):
                         "offset": self.start,
                         "count": self.length,
                         "more_body": False,
-                        "exporter.progress": functools.partial(self._count, "sendfile"),
+                        "exporter.progress": functools.partial(self._sent, "sendfile"),
                     }
                 )
                 return
             offset, end = self.start, self.start + self.length
             if self.length:
-                self._count("fallback", 0)
+                self._began("fallback")
             fd = self.file.fileno()
             while offset < end:
                 chunk = await trio.to_thread.run_sync(
@@ -128,18 +128,19 @@ class FileResponse(Response):
                     raise OSError("the file ended before its announced length")
                 offset += len(chunk)
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
-                self._count("fallback", len(chunk))
+                self._sent("fallback", len(chunk))
             await send({"type": "http.response.body", "body": b"", "more_body": False})
         finally:
             self.file.close()
 
-    def _count(self, how: str, sent: int) -> None:
-        """For /metrics: a body begins (``sent`` 0), or ``sent`` more bytes went out."""
+    # For /metrics: a body begins to be sent ``how`` (sendfile or fallback); bytes went out.
+    def _began(self, how: str) -> None:
         if self.metrics is not None:
-            if sent:
-                self.metrics.served.labels(how).inc(sent)
-            else:
-                self.metrics.downloads.labels(how).inc()
+            self.metrics.downloads.labels(how).inc()
+
+    def _sent(self, how: str, count: int) -> None:
+        if self.metrics is not None:
+            self.metrics.served.labels(how).inc(count)
 
 
 def _open(path: Path) -> tuple[BinaryIO, os.stat_result]:
