@@ -44,6 +44,8 @@ RETRY_AFTER_SECONDS = 10
 DEFAULT_LIST_LIMIT, MAX_LIST_LIMIT = 20, 100
 # Seconds between progress events on /exports/{id}/events.
 EVENT_INTERVAL = 0.25
+# The status page at /: one static file, read once.
+STATUS_PAGE = (Path(__file__).parent / "static" / "index.html").read_bytes()
 # Bigger request bodies than this are refused before they are read: parameters are tiny.
 MAX_BODY_BYTES = 64 * 1024
 
@@ -300,8 +302,7 @@ def create_app(settings: Settings, conninfo: str) -> QuartTrio:
 
     @app.get("/")
     async def status_page() -> Response:
-        page = (Path(__file__).parent / "static" / "index.html").read_bytes()
-        return Response(page, content_type="text/html; charset=utf-8")
+        return Response(STATUS_PAGE, content_type="text/html; charset=utf-8")
 
     @app.get("/exports/<raw_id>/status")
     async def export_status(raw_id: str) -> Response | dict[str, Any]:
