@@ -1,14 +1,18 @@
-"""Validation of an export request (SPEC §3): pure, no I/O.
+"""Validation of an export request: pure, no I/O.
 
 Everything a client sends is turned into an ``ExportRequest`` here or rejected with every
 problem found, each naming its parameter, what was wrong and what is allowed. Nothing a
 client typed reaches SQL except through this module's allow-lists.
+
+``PARAMETERS`` is the one description of the export parameters: validation reads it, the
+OpenAPI document is made from it (``exporter.openapi``), and so are the command-line
+client's options (``exporter.client.commands``). A rule changed here changes all three.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 # The users table's columns in table order: the allow-list for `columns`.
@@ -22,52 +26,6 @@ USER_COLUMNS: tuple[str, ...] = (
     "lifetime_value",
 )
 TIERS: tuple[str, ...] = ("free", "pro", "enterprise")
-PARAMETERS: tuple[str, ...] = (
-    "country_code",
-    "subscription_tier",
-    "columns",
-    "delimiter",
-    "quoteChar",
-    "neutralizeFormulas",
-)
-_TRUE = ("true", "1", "yes")
-_FALSE = ("false", "0", "no")
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class ExportRequest:
-    """A validated export: which users rows, which columns, and the CSV dialect."""
-
-    country_code: str | None = None
-    subscription_tier: str | None = None
-    columns: tuple[str, ...] = USER_COLUMNS
-    delimiter: str = ","
-    quote_char: str = '"'
-    # OWASP CSV-injection defence: prefix values that start like a formula with '.
-    neutralize_formulas: bool = False
-
-    def to_json(self) -> dict[str, Any]:
-        """The request as the API shows it (and as export_jobs stores it)."""
-        return {
-            "country_code": self.country_code,
-            "subscription_tier": self.subscription_tier,
-            "columns": list(self.columns),
-            "delimiter": self.delimiter,
-            "quoteChar": self.quote_char,
-            "neutralizeFormulas": self.neutralize_formulas,
-        }
-
-    @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> ExportRequest:
-        """Rebuild a stored request; it was validated when it was accepted."""
-        return cls(
-            country_code=data.get("country_code"),
-            subscription_tier=data.get("subscription_tier"),
-            columns=tuple(data.get("columns") or USER_COLUMNS),
-            delimiter=data.get("delimiter", ","),
-            quote_char=data.get("quoteChar", '"'),
-            neutralize_formulas=bool(data.get("neutralizeFormulas", False)),
-        )
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -84,51 +42,203 @@ class RequestInvalid(ValueError):
         self.errors = errors
 
 
+class _Invalid(Exception):
+    """One parameter's value is wrong: the message says how (raised by the parsers below)."""
+
+
 def _describe(char: str) -> str:
     return repr(char) if char.isprintable() else f"U+{ord(char):04X}"
 
 
-def _single_char(param: str, raw: str, errors: list[FieldError]) -> str | None:
-    if len(raw) != 1:
-        errors.append(
-            FieldError(param, f"must be exactly one character, got {len(raw)} ({raw[:20]!r})")
-        )
-        return None
-    if raw in "\r\n":
-        errors.append(FieldError(param, "must not be a carriage return or a line feed"))
-        return None
-    if not raw.isascii():
-        errors.append(FieldError(param, f"must be an ASCII character, got {_describe(raw)}"))
-        return None
-    if raw == "\x00":
-        # PostgreSQL text cannot hold NUL, so no COPY could ever use it either.
-        errors.append(FieldError(param, "must not be the NUL character"))
-        return None
+def _text(raw: object) -> str:
+    if not isinstance(raw, str):
+        raise _Invalid("must be a string")
     return raw
 
 
-def _columns(raw: object, errors: list[FieldError]) -> tuple[str, ...] | None:
+def _country(raw: object) -> str:
+    country = _text(raw)
+    if len(country) == 2 and country.isascii() and country.isalpha():
+        return country.upper()
+    raise _Invalid(f"must be two letters (ISO 3166-1 alpha-2), got {country[:20]!r}")
+
+
+def _tier(raw: object) -> str:
+    tier = _text(raw)
+    if tier not in TIERS:
+        raise _Invalid(f"must be one of {', '.join(TIERS)}, got {tier[:20]!r}")
+    return tier
+
+
+def _columns(raw: object) -> tuple[str, ...]:
     if isinstance(raw, list) and all(isinstance(c, str) for c in raw):
         names = [c.strip() for c in raw]
     elif isinstance(raw, str):
         names = [c.strip() for c in raw.split(",")]
     else:
-        errors.append(FieldError("columns", "must be a comma-separated string or a list of names"))
-        return None
+        raise _Invalid("must be a comma-separated string or a list of names")
     if not names or names == [""]:
-        errors.append(FieldError("columns", "must name at least one column"))
-        return None
-    allowed = ", ".join(USER_COLUMNS)
+        raise _Invalid("must name at least one column")
     unknown = [n for n in names if n not in USER_COLUMNS]
     if unknown:
         shown = ", ".join(repr(n[:40]) for n in unknown[:5])
-        errors.append(FieldError("columns", f"unknown column {shown}; allowed: {allowed}"))
-        return None
+        raise _Invalid(f"unknown column {shown}; allowed: {', '.join(USER_COLUMNS)}")
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
-        errors.append(FieldError("columns", f"duplicate column {', '.join(duplicates)}"))
-        return None
+        raise _Invalid(f"duplicate column {', '.join(duplicates)}")
     return tuple(names)
+
+
+def _single_char(raw: object) -> str:
+    char = _text(raw)
+    if len(char) != 1:
+        raise _Invalid(f"must be exactly one character, got {len(char)} ({char[:20]!r})")
+    if char in "\r\n":
+        raise _Invalid("must not be a carriage return or a line feed")
+    if not char.isascii():
+        raise _Invalid(f"must be an ASCII character, got {_describe(char)}")
+    if char == "\x00":
+        # PostgreSQL text cannot hold NUL, so no COPY could ever use it either.
+        raise _Invalid("must not be the NUL character")
+    return char
+
+
+def _boolean(raw: object) -> bool:
+    # JSON has booleans; a query string only has text, and there exactly "true" or "false".
+    if isinstance(raw, bool):
+        return raw
+    if raw in ("true", "false"):
+        return raw == "true"
+    raise _Invalid("must be true or false")
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Parameter:
+    """One export parameter: its name on the wire, its rule, its default, its words."""
+
+    name: str  # in the query string, the JSON body and the stored request
+    field: str  # the ExportRequest field it fills
+    parse: Callable[[object], Any]  # raises _Invalid with a message
+    # JSON schema of its value in a query string, and in a JSON body where that differs.
+    query_schema: dict[str, Any]
+    description: str
+    body_schema: dict[str, Any] | None = None
+    flag: bool = False  # a command-line switch rather than an option with a value
+    aliases: tuple[str, ...] = ()  # shorter command-line spellings
+
+    @property
+    def json_schema(self) -> dict[str, Any]:
+        return self.query_schema if self.body_schema is None else self.body_schema
+
+    @property
+    def option(self) -> str:
+        """The command-line client's option: ``--country-code``, ``--quote-char``."""
+        spaced = "".join(f"-{c.lower()}" if c.isupper() else c for c in self.name)
+        return "--" + spaced.replace("_", "-")
+
+
+# What the schemas can say of the rules; the rest (no duplicate columns, quoteChar unlike
+# delimiter) only the 400's errors say.
+_COLUMN = "(" + "|".join(USER_COLUMNS) + ")"
+COLUMNS_PATTERN = f"^{_COLUMN}(,{_COLUMN})*$"
+# One ASCII character but NUL, CR and LF.
+_CHAR = {"type": "string", "pattern": "^[\\x01-\\x09\\x0b\\x0c\\x0e-\\x7f]$"}
+
+PARAMETERS: tuple[Parameter, ...] = (
+    Parameter(
+        "country_code",
+        "country_code",
+        _country,
+        {"type": "string", "pattern": "^[A-Za-z]{2}$"},
+        "Only users of this country: two letters, case-insensitive.",
+    ),
+    Parameter(
+        "subscription_tier",
+        "subscription_tier",
+        _tier,
+        {"type": "string", "enum": list(TIERS)},
+        "Only users of this tier.",
+        aliases=("--tier",),
+    ),
+    Parameter(
+        "columns",
+        "columns",
+        _columns,
+        {"type": "string", "pattern": COLUMNS_PATTERN},
+        "Comma-separated columns in the order wanted, no duplicates; "
+        f"default all: {','.join(USER_COLUMNS)}.",
+        body_schema={
+            "oneOf": [
+                {"type": "string", "pattern": COLUMNS_PATTERN},
+                {
+                    "type": "array",
+                    "minItems": 1,
+                    "uniqueItems": True,
+                    "items": {"type": "string", "enum": list(USER_COLUMNS)},
+                },
+            ]
+        },
+    ),
+    Parameter(
+        "delimiter",
+        "delimiter",
+        _single_char,
+        _CHAR,
+        "One ASCII character, not CR, LF or NUL; default ','.",
+    ),
+    Parameter(
+        "quoteChar",
+        "quote_char",
+        _single_char,
+        _CHAR,
+        "One ASCII character, not CR, LF or NUL, unlike the delimiter; default '\"'.",
+    ),
+    Parameter(
+        "neutralizeFormulas",
+        "neutralize_formulas",
+        _boolean,
+        {"type": "string", "enum": ["true", "false"]},
+        "true: a value starting with =, +, -, @, tab or CR gets a ' in front "
+        "(OWASP CSV injection), so spreadsheets show it as text. Default false.",
+        # A JSON body may say it either way, as the validator accepts both.
+        body_schema={"enum": [True, False, "true", "false"]},
+        flag=True,
+    ),
+)
+PARAMETER_NAMES: tuple[str, ...] = tuple(p.name for p in PARAMETERS)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ExportRequest:
+    """A validated export: which users rows, which columns, and the CSV dialect.
+
+    The defaults here are the parameters' defaults.
+    """
+
+    country_code: str | None = None
+    subscription_tier: str | None = None
+    columns: tuple[str, ...] = USER_COLUMNS
+    delimiter: str = ","
+    quote_char: str = '"'
+    # OWASP CSV-injection defence: prefix values that start like a formula with '.
+    neutralize_formulas: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        """The request as the API shows it (and as export_jobs stores it)."""
+        doc = {p.name: getattr(self, p.field) for p in PARAMETERS}
+        doc["columns"] = list(self.columns)
+        return doc
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> ExportRequest:
+        """Rebuild a stored request; it was validated when it was accepted."""
+        values = {p.field: data[p.name] for p in PARAMETERS if data.get(p.name) is not None}
+        if "columns" in values:
+            values["columns"] = tuple(values["columns"])
+        return cls(**values)
+
+
+DEFAULT_REQUEST = ExportRequest()
 
 
 def parse_export_request(params: Mapping[str, object]) -> ExportRequest:
@@ -138,78 +248,28 @@ def parse_export_request(params: Mapping[str, object]) -> ExportRequest:
     Unknown parameter names are rejected too: a misspelt filter silently exporting the
     whole table is the worst outcome an export service can have.
     """
-    errors: list[FieldError] = []
-    for name in params:
-        if name not in PARAMETERS:
+    errors = [
+        FieldError(name[:60], f"unknown parameter; allowed: {', '.join(PARAMETER_NAMES)}")
+        for name in params
+        if name not in PARAMETER_NAMES
+    ]
+    values: dict[str, Any] = {}
+    for parameter in PARAMETERS:
+        raw = params.get(parameter.name)
+        if raw is None:
+            continue
+        try:
+            values[parameter.field] = parameter.parse(raw)
+        except _Invalid as invalid:
+            errors.append(FieldError(parameter.name, str(invalid)))
+    invalid = {e.param for e in errors}
+    if not invalid & {"delimiter", "quoteChar"}:
+        delimiter = values.get("delimiter", DEFAULT_REQUEST.delimiter)
+        quote = values.get("quote_char", DEFAULT_REQUEST.quote_char)
+        if delimiter == quote:
             errors.append(
-                FieldError(name[:60], f"unknown parameter; allowed: {', '.join(PARAMETERS)}")
+                FieldError("quoteChar", f"must differ from delimiter (both are {_describe(quote)})")
             )
-
-    def text(name: str) -> str | None:
-        value = params.get(name)
-        if value is None:
-            return None
-        if not isinstance(value, str):
-            errors.append(FieldError(name, "must be a string"))
-            return None
-        return value
-
-    country = text("country_code")
-    if country is not None:
-        if len(country) == 2 and country.isascii() and country.isalpha():
-            country = country.upper()
-        else:
-            errors.append(
-                FieldError(
-                    "country_code",
-                    f"must be two letters (ISO 3166-1 alpha-2), got {country[:20]!r}",
-                )
-            )
-            country = None
-
-    tier = text("subscription_tier")
-    if tier is not None and tier not in TIERS:
-        errors.append(
-            FieldError("subscription_tier", f"must be one of {', '.join(TIERS)}, got {tier[:20]!r}")
-        )
-        tier = None
-
-    columns: tuple[str, ...] | None = USER_COLUMNS
-    if params.get("columns") is not None:
-        columns = _columns(params["columns"], errors)
-
-    delimiter: str | None = ","
-    raw_delimiter = text("delimiter")
-    if raw_delimiter is not None:
-        delimiter = _single_char("delimiter", raw_delimiter, errors)
-
-    quote: str | None = '"'
-    raw_quote = text("quoteChar")
-    if raw_quote is not None:
-        quote = _single_char("quoteChar", raw_quote, errors)
-
-    if delimiter is not None and quote is not None and delimiter == quote:
-        errors.append(
-            FieldError("quoteChar", f"must differ from delimiter (both are {_describe(quote)})")
-        )
-
-    neutralize = False
-    raw_neutralize = params.get("neutralizeFormulas")
-    if isinstance(raw_neutralize, bool):
-        neutralize = raw_neutralize
-    elif isinstance(raw_neutralize, str) and raw_neutralize.lower() in _TRUE + _FALSE:
-        neutralize = raw_neutralize.lower() in _TRUE
-    elif raw_neutralize is not None:
-        errors.append(FieldError("neutralizeFormulas", "must be true or false"))
-
     if errors:
         raise RequestInvalid(errors)
-    assert columns is not None and delimiter is not None and quote is not None
-    return ExportRequest(
-        country_code=country,
-        subscription_tier=tier,
-        columns=columns,
-        delimiter=delimiter,
-        quote_char=quote,
-        neutralize_formulas=neutralize,
-    )
+    return ExportRequest(**values)

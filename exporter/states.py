@@ -1,0 +1,32 @@
+"""The states an export goes through, named once for the store, the API, its OpenAPI
+document, the status page's server and the command-line client (pure: no I/O, no imports
+beyond the standard library, so the client can use it without the server stack)."""
+
+from __future__ import annotations
+
+import enum
+
+
+class ExportStatus(enum.StrEnum):
+    """``pending`` → ``processing`` → ``completed`` | ``failed`` | ``cancelled``; a completed
+    export becomes ``expired`` once its files are deleted after ``EXPORT_TTL``."""
+
+    PENDING = "pending"
+    PROCESSING = "processing"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    EXPIRED = "expired"
+
+    @property
+    def is_live(self) -> bool:
+        """Waiting or running: it may still change, and its file is not ready."""
+        return self in LIVE_STATUSES
+
+    @property
+    def is_final(self) -> bool:
+        return self not in LIVE_STATUSES
+
+
+LIVE_STATUSES = frozenset({ExportStatus.PENDING, ExportStatus.PROCESSING})
+FINAL_STATUSES = frozenset(ExportStatus) - LIVE_STATUSES
