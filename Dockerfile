@@ -1,5 +1,8 @@
 # exporter: the export service, for docker-compose.yml (PostgreSQL runs as the `db` service).
-FROM python:3.11-slim
+# The base image is pinned by digest (the multi-arch index that python:3.11-slim named on
+# 2026-10-06: CPython 3.11.17 on Debian trixie), so a rebuild cannot float onto a moved tag;
+# to move it, resolve the tag beside it again and replace both.
+FROM python:3.11-slim@sha256:0dd364ba7e10242f07755449e3a3d0e35f9efd987952737b90def6709ab0c5ce
 
 # MALLOC_ARENA_MAX: glibc gives every thread that allocates its own arena; with the export
 # threads that kept up to ~6 MB more RSS (bench/memory.py), so two arenas it is.
@@ -18,15 +21,14 @@ RUN useradd --system --uid 10001 --home-dir /app --shell /usr/sbin/nologin expor
     && mkdir -p /app/exports \
     && chown 10001 /app/exports
 
-# Dependencies first, in a layer of their own: it is rebuilt only when pyproject.toml
-# changes. A stub package stands in for the source so that pip resolves them alone.
-COPY pyproject.toml README.md ./
-RUN mkdir -p exporter seeds \
-    && touch exporter/__init__.py seeds/init.sql \
-    && pip install . \
-    && pip uninstall --yes exporter \
-    && rm -rf exporter seeds
+# Dependencies first, in a layer of their own: it is rebuilt only when the lock changes.
+# requirements/runtime.txt pins every runtime dependency with its hashes (`make lock`; the
+# .dockerignore lets only that lock file of requirements/ in), then the package itself goes
+# in without resolving anything again.
+COPY requirements/ requirements/
+RUN pip install --require-hashes -r requirements/runtime.txt
 
+COPY pyproject.toml README.md ./
 COPY seeds/ seeds/
 COPY exporter/ exporter/
 RUN pip install --no-deps .

@@ -7,7 +7,6 @@ import dataclasses
 import datetime as dt
 import os
 import platform
-import socket
 import subprocess
 import sys
 import time
@@ -15,12 +14,13 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import trio_asyncio  # noqa: F401  (before psycopg: see exporter/__init__.py)
+import trio_asyncio  # noqa: F401  (before psycopg: see exporter.store)
 import httpx
 import psycopg
 
 from exporter.embedded import embedded_database
 from exporter.schema import apply_schema, count_users, seed_users
+from tests import support
 
 HERE = Path(__file__).resolve().parent
 # BENCH_DATA: another folder for the embedded database and exports (e.g. a small one).
@@ -49,12 +49,6 @@ def seeded_database(url: str | None, rows: int) -> Iterator[str]:
             seed_users(conninfo, rows)
         apply_schema(conninfo, "indexes")
         yield conninfo
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclasses.dataclass
@@ -93,29 +87,7 @@ class Service:
 def service(
     conninfo: str, export_dir: Path = EXPORTS, stderr: Any = subprocess.DEVNULL, **env: str
 ) -> Iterator[Service]:
-    """``exporter serve`` as its own process, as in production, until the block ends
-    (benchmarks and the tests that signal or kill the process use it)."""
-    port = free_port()
-    environment = {
-        **os.environ,
-        "DATABASE_URL": conninfo,
-        "EXPORT_DIR": str(export_dir),
-        "BIND": f"127.0.0.1:{port}",
-        **env,
-    }
-    process = subprocess.Popen(
-        [sys.executable, "-m", "exporter", "serve"], env=environment, stderr=stderr
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        with httpx.Client(base_url=url, timeout=60) as client:
-            for _ in range(300):
-                with contextlib.suppress(httpx.TransportError):
-                    if client.get("/ready").status_code == 200:  # recovered, database up
-                        break
-                time.sleep(0.1)
-            yield Service(url, process, client)
-    finally:
-        if process.poll() is None:  # a test may have stopped it already
-            process.terminate()
-            process.wait(60)
+    """``exporter serve`` as its own process, as in production, until the block ends:
+    started and stopped the way the tests do it (``tests.support.service``)."""
+    with support.service(conninfo, export_dir, stderr, **env) as running:
+        yield Service(running.url, running.process, running.client)

@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-import trio_asyncio  # noqa: F401  (before psycopg: see exporter/__init__.py)
+import trio_asyncio  # noqa: F401  (before psycopg: see exporter.store)
 import psycopg
 
 from bench.common import DATA, EXPORTS, RESULTS, machine, seeded_database, service

@@ -1,7 +1,18 @@
-"""exporter: PostgreSQL rows to CSV files in the background, served fast and resumably."""
+"""exporter: PostgreSQL rows to CSV files in the background, served fast and resumably.
 
-# trio-asyncio makes asyncio.get_running_loop() see its loop from trio tasks by replacing
-# that function; psycopg binds it by name when first imported. So trio_asyncio must be
-# imported before psycopg, and the package's first import is the one place that always
-# runs first.
-import trio_asyncio  # noqa: F401
+Kept free of imports: the command-line client (``exporter.client``) must load without the
+server stack. The server's modules that need trio-asyncio before psycopg import it
+themselves (see ``exporter.store``).
+"""
+
+from typing import Any
+
+
+def __getattr__(name: str) -> Any:
+    # The version, from the installed package's metadata (pyproject.toml states it once);
+    # read when asked for, since reading metadata costs every command's start-up.
+    if name == "__version__":
+        import importlib.metadata
+
+        return importlib.metadata.version("exporter")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

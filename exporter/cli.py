@@ -1,5 +1,5 @@
 """The ``exporter`` command: ``serve`` and ``seed``; ``export``, ``status`` and ``cancel``
-(the client, exporter/client_cli.py)."""
+(the client, exporter/client/)."""
 
 from __future__ import annotations
 
@@ -8,15 +8,16 @@ import contextlib
 import logging
 import sys
 from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING
 
-import trio
-from tqdm import tqdm
+from exporter.client import commands as client_commands
 
-from exporter import client_cli
-from exporter.config import Settings, SettingsError
-from exporter.logs import configure_logging
-from exporter.schema import apply_schema, count_users, seed_users
-from exporter.server import limit_malloc_arenas, run_server
+if TYPE_CHECKING:
+    from exporter.config import Settings
+
+# The server stack (trio, Hypercorn, Quart, psycopg) is imported only by serve and seed,
+# in the functions below: the client's commands start without it
+# (tests/test_client_imports.py).
 
 DEFAULT_SEED_ROWS = 10_000_000
 
@@ -41,6 +42,10 @@ def database(settings: Settings) -> Iterator[str]:
 
 
 def seed_with_progress(conninfo: str, rows: int) -> None:
+    from tqdm import tqdm
+
+    from exporter.schema import apply_schema, count_users, seed_users
+
     have = count_users(conninfo)
     if have >= rows:
         log.info("users holds %d rows already; nothing to seed", have)
@@ -73,10 +78,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     seed = commands.add_parser("seed", help="fill the users table up to --rows rows")
     seed.add_argument("--rows", type=_rows, default=DEFAULT_SEED_ROWS)
-    client_cli.add_commands(commands)
+    client_commands.add_commands(commands)
     args = parser.parse_args(argv)
-    if args.command in ("export", "status", "cancel"):
-        return client_cli.run(args)
+    if args.command in client_commands.COMMANDS:
+        return client_commands.run(args)
+    return _serve_or_seed(parser, args)
+
+
+def _serve_or_seed(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    # trio_asyncio before anything imports psycopg (exporter.schema does): see exporter.store.
+    import trio_asyncio  # noqa: F401
+    import trio
+
+    from exporter.config import Settings, SettingsError
+    from exporter.logs import configure_logging
+    from exporter.schema import apply_schema
+    from exporter.server import limit_malloc_arenas, run_server
 
     try:
         settings = Settings.from_env()

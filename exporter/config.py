@@ -13,6 +13,8 @@ from pathlib import Path
 
 # The pipeline's row sources (exporter.pipeline), named here so settings import nothing heavy.
 ROW_SOURCES = ("cursor", "copy")
+# Seconds a downloading client may accept no byte at all before it is dropped (SEND_TIMEOUT).
+SEND_TIMEOUT = 120.0
 
 
 class SettingsError(ValueError):
@@ -33,7 +35,7 @@ class Settings:
     batch_rows: int = 5000
     channel_batches: int = 4
     # Where rows come from: "cursor" (the server-side cursor, values encoded here) or
-    # "copy" (PostgreSQL's COPY TO STDOUT writes the CSV lines; about twice as fast).
+    # "copy" (PostgreSQL's COPY TO STDOUT writes the CSV lines; about half the CPU).
     row_source: str = "cursor"
     # How long a completed file is kept (seconds); expiresAt in the status tells users.
     export_ttl: float = 24 * 3600.0
@@ -45,7 +47,7 @@ class Settings:
     # off: always read the file in chunks (for comparison, or odd filesystems).
     zero_copy: bool = True
     # Seconds a downloading client may accept no byte at all before it is dropped.
-    send_timeout: float = 120.0
+    send_timeout: float = SEND_TIMEOUT
     # With a token, every /exports route needs "Authorization: Bearer <token>".
     api_token: str | None = dataclasses.field(default=None, repr=False)
     # "text" (readable) or "json" (one object a line, for log collectors).

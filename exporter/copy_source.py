@@ -1,6 +1,6 @@
 """The ``copy`` row source: the export's rows as PostgreSQL's own ``COPY … TO STDOUT`` CSV.
 
-An option (``ROW_SOURCE=copy``) beside the design card's server-side cursor: PostgreSQL
+An option (``ROW_SOURCE=copy``) beside the default server-side cursor: PostgreSQL
 formats the CSV itself, so the service neither builds a Python object per value nor
 encodes anything; about half the export's CPU time (bench/README.md). The blocks it yields
 go through the same bounded channel to the same writer as the cursor's batches.

@@ -1,31 +1,36 @@
-"""Downloads of finished exports (SPEC §3 GET|HEAD /exports/{id}/download), top to bottom.
+"""Downloads of finished exports (``GET|HEAD /exports/{id}/download``), top to bottom.
 
 1. ``choose_encoding``: gzip when the client's ``Accept-Encoding`` admits it and the
    export has its gzip copy (made while it ran; nothing is compressed per request).
-2. ``open_download``: open the file first (so a later delete cannot pull it away mid-way),
-   stat it, and let ``ranges.plan_response`` decide status, range and validators.
+2. ``open_download``: open the file in the export store first (so a later delete cannot
+   pull it away mid-way), and let ``ranges.plan_response`` decide status, range and
+   validators, the 416's headers included.
 3. ``FileResponse.send_asgi``: headers, then the bytes: by the ASGI zero-copy extension
    (``os.sendfile`` from the page cache, see ``zerocopy``) when the server offers it, else
    in large chunks read in a worker thread. Either way one chunk at most is in memory,
    however slow the client, and nothing is left open once it goes away.
+4. ``HTTPConnection``: Quart-Trio's connection, taught to let a ``FileResponse`` send
+   itself at the ASGI level (Quart's own machinery only knows body messages).
 """
 
 from __future__ import annotations
 
 import functools
 import os
+import uuid
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any, BinaryIO
 
 import trio
 from hypercorn.typing import ASGISendCallable
 from quart import Response
 from quart.utils import encode_headers
+from quart_trio.asgi import TrioASGIHTTPConnection
 
 from exporter.metrics import Metrics
-from exporter.pipeline import gzip_path
-from exporter.ranges import FileVersion, Plan, make_etag, plan_response
+from exporter.problems import problem
+from exporter.ranges import FileVersion, Plan, plan_response
+from exporter.storage import ExportStorage, StoredFile
 from exporter.zerocopy import EXTENSION
 
 # Bytes per read on the fallback path: few round trips, bounded memory per client.
@@ -143,62 +148,63 @@ class FileResponse(Response):
             self.metrics.served.labels(how).inc(count)
 
 
-def _open(path: Path) -> tuple[BinaryIO, os.stat_result]:
-    file = open(path, "rb", buffering=0)  # noqa: SIM115 - FileResponse closes it
-    try:
-        return file, os.fstat(file.fileno())
-    except BaseException:
-        file.close()
-        raise
-
-
 async def open_download(
-    csv_path: Path,
-    export_id: str,
+    storage: ExportStorage,
+    export_id: uuid.UUID,
     request_headers: Mapping[str, str],
     method: str,
     *,
     zero_copy: bool = True,
     metrics: Metrics | None = None,
-) -> FileResponse | Plan | None:
-    """The response for a completed export's file.
-
-    Returns a ``FileResponse`` (200, 206, 304), the ``Plan`` of a 416 for the caller to
-    answer as a problem document, or None when the file is gone.
-    """
+) -> Response | None:
+    """The response for a completed export's file (200, 206, 304 or 416), or None when
+    its file is gone."""
     encoding = choose_encoding(request_headers.get("accept-encoding"))
-    path = gzip_path(csv_path) if encoding == "gzip" else csv_path
-    try:
-        file, stat = await trio.to_thread.run_sync(_open, path)
-    except FileNotFoundError:
-        if encoding is None:
+    stored: StoredFile | None = None
+    if encoding == "gzip":
+        stored = await trio.to_thread.run_sync(
+            functools.partial(storage.open_finished, export_id, gzip=True)
+        )
+        if stored is None:
+            encoding = None  # made without its gzip copy (GZIP_EXPORTS=0): the CSV will do
+    if stored is None:
+        stored = await trio.to_thread.run_sync(storage.open_finished, export_id)
+        if stored is None:
             return None
-        # Made without its gzip copy (GZIP_EXPORTS=0): the CSV itself will do.
-        encoding, path = None, csv_path
-        try:
-            file, stat = await trio.to_thread.run_sync(_open, path)
-        except FileNotFoundError:
-            return None
-    version = FileVersion(
-        size=stat.st_size,
-        mtime=stat.st_mtime,
-        etag=make_etag(stat.st_size, stat.st_mtime_ns, stat.st_ino, "-gz" if encoding else ""),
-    )
-    plan = plan_response(version, request_headers)
-    if plan.status == 416:
-        file.close()
-        return plan
-    headers = {
-        "Content-Type": "text/csv; charset=utf-8",
-        "Content-Disposition": f'attachment; filename="export_{export_id}.csv"',
-        "Vary": "Accept-Encoding",
-        # User data: no shared caches; and no proxy may recompress what Range counts in.
-        "Cache-Control": "private, no-transform",
-    }
-    if encoding:
-        headers["Content-Encoding"] = encoding
     try:
-        return FileResponse(file, plan, headers, method, zero_copy, metrics)
+        plan = plan_response(FileVersion(stored.size, stored.mtime, stored.etag), request_headers)
+        if plan.status == 416:
+            stored.file.close()
+            response = problem(
+                416, "Range Not Satisfiable", "the requested range lies outside the file"
+            )
+            response.headers.update(dict(plan.headers))
+            return response
+        headers = {
+            "Content-Type": "text/csv; charset=utf-8",
+            "Content-Disposition": f'attachment; filename="export_{export_id}.csv"',
+            "Vary": "Accept-Encoding",
+            # User data: no shared caches; and no proxy may recompress what Range counts in.
+            "Cache-Control": "private, no-transform",
+        }
+        if encoding:
+            headers["Content-Encoding"] = encoding
+        return FileResponse(stored.file, plan, headers, method, zero_copy, metrics)
     except BaseException:
-        file.close()
+        stored.file.close()
         raise
+
+
+class HTTPConnection(TrioASGIHTTPConnection):
+    """Quart-Trio's connection, except that a ``FileResponse`` sends itself.
+
+    Quart's response machinery only emits ``http.response.body`` messages; answering a
+    download here, after Quart's routing, validation and job lookup, is what lets it use
+    the zero-copy extension.
+    """
+
+    async def _send_response(self, send: ASGISendCallable, response: Any) -> None:
+        if isinstance(response, FileResponse):
+            await response.send_asgi(send, self.scope)
+        else:
+            await super()._send_response(send, response)

@@ -1,6 +1,6 @@
 """The job manager: one nursery for all exports, each export in its own cancel scope.
 
-It lives in the app's serving lifespan (``api.create_app`` starts ``JobManager.run`` in
+It lives in the app's serving lifespan (``app.create_app`` starts ``JobManager.run`` in
 Quart-Trio's lifespan nursery), so when the server stops, every running export is
 cancelled and cleaned up before the process exits.
 
@@ -16,21 +16,22 @@ import dataclasses
 import datetime as dt
 import errno
 import logging
-import re
 import sys
 import time
 import uuid
-from pathlib import Path
 from typing import Any
 
+import trio_asyncio  # noqa: F401  (before psycopg: see exporter.store)
 import psycopg
 import trio
 
 from exporter.config import Settings
 from exporter.metrics import Metrics
-from exporter.pipeline import Progress, export_csv, gzip_path
+from exporter.pipeline import Progress, export_csv
 from exporter.request import ExportRequest
-from exporter.store import JobRecord, JobStore, utcnow
+from exporter.states import ExportStatus
+from exporter.storage import ExportStorage
+from exporter.store import JobRecord, JobStore, StoreUnavailable, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -40,16 +41,15 @@ SHUTDOWN_ERROR = "interrupted by a shutdown of the service; please start the exp
 FINAL_SAVE_TIMEOUT = 5.0
 # Waits between attempts to reach the job database (start-up recovery, unsaved ends).
 RETRY_DELAYS = (0.5, 1.0, 2.0, 5.0)
-NOT_READY_ERROR = "the job database has not been reached yet; try again shortly"
-
-_EXPORT_FILE = re.compile(
-    r"^(?P<id>[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})"
-    r"\.csv(?:\.gz)?(?P<part>\.part)?$"
-)
 
 
 class QueueFull(Exception):
     """No export slot is free and the queue holds ``max_queued_exports`` jobs already."""
+
+
+class NotReady(StoreUnavailable):
+    """The jobs of a previous run have not been recovered yet: the job database has not
+    been reached since the start (answered like any other unreachable database)."""
 
 
 @dataclasses.dataclass(eq=False, slots=True)
@@ -74,6 +74,8 @@ def describe_error(exc: BaseException) -> str:
     """A sentence a user can act on; no SQL, no stack trace, no server paths."""
     while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
         exc = exc.exceptions[0]
+    if isinstance(exc, StoreUnavailable) and exc.__cause__ is not None:
+        exc = exc.__cause__  # the job database's own error says more
     if isinstance(exc, OSError) and not isinstance(exc, psycopg.Error):
         if exc.errno == errno.ENOSPC:
             return "no space left on the device holding the export files"
@@ -90,10 +92,13 @@ def describe_error(exc: BaseException) -> str:
 
 
 class JobManager:
-    def __init__(self, settings: Settings, conninfo: str, store: JobStore) -> None:
+    def __init__(
+        self, settings: Settings, conninfo: str, store: JobStore, storage: ExportStorage
+    ) -> None:
         self.settings = settings
         self.conninfo = conninfo
         self.store = store
+        self.storage = storage
         self._live: dict[uuid.UUID, Job] = {}
         self._waiting: list[Job] = []  # FIFO, for queuePosition
         self._slots = trio.Semaphore(settings.max_concurrent_exports)
@@ -114,7 +119,7 @@ class JobManager:
         /ready says why it is not ready); recovery runs as soon as the database answers.
         The store is closed last, once every job has recorded how it ended.
         """
-        self.settings.export_dir.mkdir(parents=True, exist_ok=True)
+        await trio.to_thread.run_sync(self.storage.prepare)
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
@@ -143,19 +148,14 @@ class JobManager:
         if failed:
             log.warning("marked %d interrupted export(s) as failed", len(failed))
         completed = await self.store.completed_ids()
-        for path in self.settings.export_dir.iterdir():
-            match = _EXPORT_FILE.match(path.name)
-            if match is None:
-                continue  # not ours: never delete what we did not write
-            if match["part"] or uuid.UUID(match["id"]) not in completed:
-                log.info("removing orphan export file %s", path.name)
-                path.unlink(missing_ok=True)
+        for name in await trio.to_thread.run_sync(self.storage.remove_orphans, completed):
+            log.info("removed orphan export file %s", name)
 
     async def _recover_when_reachable(self, attempts: int = sys.maxsize) -> None:
         for attempt in range(attempts):
             try:
                 await self.recover()
-            except psycopg.OperationalError as exc:
+            except StoreUnavailable as exc:
                 if attempt + 1 == attempts:
                     log.warning("job database unreachable (%s); will keep trying", exc)
                     return
@@ -174,10 +174,14 @@ class JobManager:
                 due = await self.store.due_to_expire()
                 # Files first: once a job says expired, its files are gone.
                 for job_id in due:
-                    await trio.to_thread.run_sync(self._remove_files, job_id)
+                    await trio.to_thread.run_sync(self.storage.remove, job_id)
                 if due:
                     await self.store.mark_expired(due)
-            except (psycopg.Error, OSError) as exc:  # the janitor must outlive a bad pass
+            except (
+                StoreUnavailable,
+                psycopg.Error,
+                OSError,
+            ) as exc:  # the janitor must outlive a bad pass
                 log.warning("could not expire exports: %s", exc)
             else:
                 for job_id in due:
@@ -195,15 +199,12 @@ class JobManager:
             for job_id, record in list(self._unsaved.items()):
                 try:
                     await self.store.save(record)
-                except psycopg.Error:
+                except (StoreUnavailable, psycopg.Error):
                     break  # still away: the next round tries again
                 log.info("recorded the end of export %s (%s)", job_id, record.status)
                 del self._unsaved[job_id]
 
     # -- queries -----------------------------------------------------------------------
-
-    def file_path(self, job_id: uuid.UUID) -> Path:
-        return self.settings.export_dir / f"{job_id}.csv"
 
     def counts(self) -> dict[str, int]:
         return {"running": len(self._live) - len(self._waiting), "queued": len(self._waiting)}
@@ -250,7 +251,7 @@ class JobManager:
         if self._nursery is None:
             raise RuntimeError("the job manager is not running")
         if not self.recovered.is_set():
-            raise psycopg.OperationalError(NOT_READY_ERROR)
+            raise NotReady("the job database has not been reached yet")
         if self._slots.value == 0 and len(self._waiting) >= self.settings.max_queued_exports:
             raise QueueFull
         job = Job(JobRecord(id=uuid.uuid4(), request=request))
@@ -271,50 +272,44 @@ class JobManager:
             job.cancel_requested = True
             job.scope.cancel()
             await job.done.wait()
-            if job.record.status != "completed":
+            if job.record.status != ExportStatus.COMPLETED:
                 return True
             # It completed while recording its end, too late to notice the cancel: it is a
             # completed export now, withdrawn below like any other.
         record = await self.store.get(job_id)
         if record is None:
             return False
-        if record.status == "completed":
-            await trio.to_thread.run_sync(self._remove_files, job_id)
-            record.status = "cancelled"
+        if record.status == ExportStatus.COMPLETED:
+            await trio.to_thread.run_sync(self.storage.remove, job_id)
+            record.status = ExportStatus.CANCELLED
             await self.store.save(record)
         return True
 
     # -- one job -----------------------------------------------------------------------
 
-    def _remove_files(self, job_id: uuid.UUID) -> None:
-        final = self.file_path(job_id)
-        for path in (final, gzip_path(final)):
-            path.unlink(missing_ok=True)
-            path.with_name(path.name + ".part").unlink(missing_ok=True)
-
     async def _run(self, job: Job) -> None:
         record = job.record
         # What the job ends as if nothing below says otherwise: only a cancellation from
         # outside (the server stopping) leaves the body without setting it.
-        status: str = "failed"
+        status = ExportStatus.FAILED
         error: str | None = SHUTDOWN_ERROR
         try:
             with job.scope:
                 async with self._slots:
                     self._waiting.remove(job)
-                    record.status, record.started_at = "processing", utcnow()
+                    record.status, record.started_at = ExportStatus.PROCESSING, utcnow()
                     _log_transition(record)
                     await self.store.save(record)
                     await self._export(job)
-                    status, error = "completed", None
+                    status, error = ExportStatus.COMPLETED, None
         except Exception as exc:
             log.warning("export %s raised", record.id, exc_info=True)
-            status, error = "failed", describe_error(exc)
+            status, error = ExportStatus.FAILED, describe_error(exc)
         finally:
             if job in self._waiting:
                 self._waiting.remove(job)
             if job.cancel_requested:
-                status, error = "cancelled", None
+                status, error = ExportStatus.CANCELLED, None
             record.status, record.error = status, error
             self._copy_progress(job)
             if self.metrics is not None:
@@ -324,10 +319,10 @@ class JobManager:
             # Shielded: when the server stops, this cleanup must still run to the end.
             with trio.CancelScope(shield=True) as final_scope:
                 final_scope.deadline = trio.current_time() + FINAL_SAVE_TIMEOUT
-                if status != "completed":
+                if status != ExportStatus.COMPLETED:
                     record.completed_at = utcnow()
                     record.file_size = None
-                    await trio.to_thread.run_sync(self._remove_files, record.id)
+                    await trio.to_thread.run_sync(self.storage.remove, record.id)
                 try:
                     await self.store.save(record)
                 except Exception:
@@ -336,7 +331,9 @@ class JobManager:
             _log_transition(
                 record,
                 rows=record.processed_rows,
-                bytes=record.file_size if status == "completed" else record.bytes_written,
+                bytes=record.file_size
+                if status == ExportStatus.COMPLETED
+                else record.bytes_written,
                 duration_s=None if (took := _duration(record)) is None else round(took, 3),
                 error=error,
             )
@@ -350,7 +347,8 @@ class JobManager:
             size = await export_csv(
                 self.conninfo,
                 record.request,
-                self.file_path(record.id),
+                self.storage,
+                record.id,
                 progress=job.progress,
                 batch_rows=self.settings.batch_rows,
                 channel_batches=self.settings.channel_batches,
@@ -380,7 +378,7 @@ class JobManager:
                 scope.deadline = trio.current_time() + FINAL_SAVE_TIMEOUT
                 try:
                     await self.store.save(job.record)
-                except psycopg.Error:
+                except (StoreUnavailable, psycopg.Error):
                     log.warning("could not save progress of export %s", job.record.id)
 
 
@@ -414,4 +412,4 @@ def _final_rate(record: JobRecord) -> float | None:
     return record.processed_rows / elapsed if elapsed > 0 else None
 
 
-__all__: list[Any] = ["Job", "JobManager", "JobView", "QueueFull", "describe_error"]
+__all__: list[Any] = ["Job", "JobManager", "JobView", "NotReady", "QueueFull", "describe_error"]

@@ -8,7 +8,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from exporter.request import TIERS, USER_COLUMNS
+import exporter
+from exporter.documents import DEFAULT_LIST_LIMIT, EVENT_INTERVAL, MAX_LIST_LIMIT
+from exporter.request import PARAMETERS, TIERS, USER_COLUMNS
+from exporter.states import ExportStatus
 
 _PROBLEM = {"$ref": "#/components/schemas/Problem"}
 
@@ -30,78 +33,19 @@ def _id_parameter() -> dict[str, Any]:
     }
 
 
-# What the schemas can say of the rules; the rest (no duplicate columns, quoteChar unlike
-# delimiter) only the 400's errors say.
-_COLUMN = "(" + "|".join(USER_COLUMNS) + ")"
-_COLUMNS_PATTERN = f"^{_COLUMN}(,{_COLUMN})*$"
-# One ASCII character but NUL, CR and LF.
-_CHAR = {"type": "string", "pattern": "^[\\x01-\\x09\\x0b\\x0c\\x0e-\\x7f]$"}
-
+# Every export parameter, from the one table that validation reads too.
 _EXPORT_PARAMETERS: list[dict[str, Any]] = [
-    {
-        "name": "country_code",
-        "in": "query",
-        "description": "Only users of this country: two letters, case-insensitive.",
-        "schema": {"type": "string", "pattern": "^[A-Za-z]{2}$"},
-    },
-    {
-        "name": "subscription_tier",
-        "in": "query",
-        "description": "Only users of this tier.",
-        "schema": {"type": "string", "enum": list(TIERS)},
-    },
-    {
-        "name": "columns",
-        "in": "query",
-        "description": "Comma-separated columns in the order wanted, no duplicates; "
-        f"default all: {','.join(USER_COLUMNS)}.",
-        "schema": {"type": "string", "pattern": _COLUMNS_PATTERN},
-    },
-    {
-        "name": "delimiter",
-        "in": "query",
-        "description": "One ASCII character, not CR or LF; default ','.",
-        "schema": _CHAR,
-    },
-    {
-        "name": "quoteChar",
-        "in": "query",
-        "description": "One ASCII character, not CR or LF, unlike the delimiter; default '\"'.",
-        "schema": _CHAR,
-    },
-    {
-        "name": "neutralizeFormulas",
-        "in": "query",
-        "description": "true: a value starting with =, +, -, @, tab or CR gets a ' in front "
-        "(OWASP CSV injection), so spreadsheets show it as text. Default false.",
-        "schema": {"type": "string", "enum": ["true", "false", "1", "0", "yes", "no"]},
-    },
+    {"name": p.name, "in": "query", "description": p.description, "schema": p.query_schema}
+    for p in PARAMETERS
 ]
 
 _REQUEST_SCHEMA: dict[str, Any] = {
     "type": "object",
     "additionalProperties": False,
-    "properties": {
-        "country_code": {"type": "string", "pattern": "^[A-Za-z]{2}$"},
-        "subscription_tier": {"type": "string", "enum": list(TIERS)},
-        "columns": {
-            "oneOf": [
-                {"type": "string", "pattern": _COLUMNS_PATTERN},
-                {
-                    "type": "array",
-                    "minItems": 1,
-                    "uniqueItems": True,
-                    "items": {"type": "string", "enum": list(USER_COLUMNS)},
-                },
-            ]
-        },
-        "delimiter": _CHAR,
-        "quoteChar": _CHAR,
-        "neutralizeFormulas": {"type": "boolean"},
-    },
+    "properties": {p.name: p.json_schema for p in PARAMETERS},
 }
 
-_STATUS_ENUM = ["pending", "processing", "completed", "failed", "cancelled", "expired"]
+_STATUS_ENUM = [str(status) for status in ExportStatus]
 _TIME = {"type": ["string", "null"], "format": "date-time"}
 
 _SCHEMAS: dict[str, Any] = {
@@ -142,7 +86,7 @@ _SCHEMAS: dict[str, Any] = {
         "required": ["exportId", "status", "statusUrl", "downloadUrl"],
         "properties": {
             "exportId": {"type": "string", "format": "uuid"},
-            "status": {"type": "string", "enum": ["pending"]},
+            "status": {"type": "string", "enum": [ExportStatus.PENDING.value]},
             "statusUrl": {"type": "string"},
             "downloadUrl": {"type": "string"},
         },
@@ -266,7 +210,7 @@ def _document() -> dict[str, Any]:
         "openapi": "3.1.0",
         "info": {
             "title": "exporter",
-            "version": "0.1.0",
+            "version": exporter.__version__,
             "description": "Exports PostgreSQL users to CSV in the background and serves "
             "the files. Errors are application/problem+json (RFC 9457).",
         },
@@ -305,8 +249,13 @@ def _document() -> dict[str, Any]:
                         {
                             "name": "limit",
                             "in": "query",
-                            "description": "How many (default 20).",
-                            "schema": {"type": "integer", "minimum": 1, "maximum": 100},
+                            "description": f"How many (default {DEFAULT_LIST_LIMIT}).",
+                            "schema": {
+                                "type": "integer",
+                                "minimum": 1,
+                                "maximum": MAX_LIST_LIMIT,
+                                "default": DEFAULT_LIST_LIMIT,
+                            },
                         }
                     ],
                     "responses": {
@@ -329,7 +278,9 @@ def _document() -> dict[str, Any]:
                                 }
                             },
                         },
-                        "400": _problem_response("limit is not a whole number from 1 to 100."),
+                        "400": _problem_response(
+                            f"limit is not a whole number from 1 to {MAX_LIST_LIMIT}."
+                        ),
                     },
                 }
             },
@@ -368,8 +319,8 @@ def _document() -> dict[str, Any]:
                 "get": {
                     "operationId": "exportEvents",
                     "summary": "Live progress as Server-Sent Events",
-                    "description": "A text/event-stream: an `event: progress` about four "
-                    "times a second while the export is pending or processing, then one "
+                    "description": "A text/event-stream: an `event: progress` every "
+                    f"{EVENT_INTERVAL} s while the export is pending or processing, then one "
                     "`event: status` when it has ended, and the stream closes. The `data` "
                     "of each event is the status document (ExportStatus) as one line of JSON.",
                     "parameters": [_id_parameter()],

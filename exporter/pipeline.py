@@ -1,14 +1,16 @@
-"""One export, from a server-side cursor to a finished CSV file.
+"""One export, from a server-side cursor to a finished CSV file in the export store.
 
-Shape (the design card)::
+Three tasks, joined by bounded channels (docs/ARCHITECTURE.md draws the whole path)::
 
-    reader task                         bounded channel               writer task
+    read_batches                        bounded channel               write_batches
     fetchmany(batch_rows) in a thread ─► (channel_batches batches) ─► encode + write in a thread
-                                                                      ─► <id>.csv.part
+                                                                      ─► the CSV's sink
+                                                                         │ small channel
+                                                     compress ◄──────────┘
+                                                     deflate + write in a thread ─► gzip sink
 
-The writer also hands each encoded block, through a second small channel, to a compressor
-task that writes ``<id>.csv.gz`` (isal, in its own thread: it releases the GIL), so gzip
-downloads need no compression per request.
+The compressor makes the gzip copy (isal, in its own thread: it releases the GIL) while
+the export runs, so gzip downloads need no compression per request.
 
 The channel's capacity is the backpressure: when the writer falls behind, ``send`` blocks,
 so the reader stops calling ``fetchmany`` and PostgreSQL keeps the rest of the result on
@@ -18,8 +20,8 @@ one being written, the one the reader holds while it waits to send).
 Cancellation: everything runs inside the caller's cancel scope. A thread cannot be
 interrupted, so a cancelled wait on ``fetchmany`` (or on the DECLARE/EXPLAIN before it)
 cancels the *query on the server*, which makes the blocked call return at once; the
-connection is closed, the ``.part`` file removed. A completed file only ever appears by
-rename, so it is never partial.
+connection is closed, the sinks discarded. A finished file only appears on ``commit``
+(``exporter.storage``), so it is never partial.
 """
 
 from __future__ import annotations
@@ -32,10 +34,11 @@ import logging
 import os
 import threading
 import time
+import uuid
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any, TypeVar
 
+import trio_asyncio  # noqa: F401  (before psycopg: see exporter.store)
 import psycopg
 import trio
 from isal import isal_zlib
@@ -45,8 +48,9 @@ from psycopg.types.string import TextLoader
 
 from exporter.copy_source import CopyRows
 from exporter.csvfmt import Dialect, Row, encode_header, encode_rows
-from exporter.query import copy_statement, export_select
+from exporter.query import Select, copy_of, export_select
 from exporter.request import ExportRequest
+from exporter.storage import ExportStorage, Sink
 
 log = logging.getLogger(__name__)
 
@@ -115,81 +119,48 @@ class Progress:
     started_at: float | None = None  # time.monotonic() when rows began to flow
 
 
-class PartFile:
-    """A file written as ``<final>.part`` and renamed into place only by ``commit``.
+class CsvOutput:
+    """The export's CSV going into its sink: rows are encoded here, in the writer's thread."""
 
-    Its methods block (disk I/O, encoding, compressing) and are called from worker
-    threads, one at a time, never concurrently.
-    """
-
-    def __init__(self, final: Path) -> None:
-        self.final = final
-        self.part = final.with_name(final.name + ".part")
-        self._file: Any = None
-
-    def open(self) -> None:
-        # "x": never write over a file that is already there.
-        self._file = open(self.part, "xb")  # noqa: SIM115 - closed by commit() or discard()
-
-    def write(self, data: bytes) -> int:
-        self._file.write(data)
-        return len(data)
-
-    def commit(self) -> int:
-        """Flush, fsync and rename into place; returns the final size."""
-        self._file.flush()
-        os.fsync(self._file.fileno())
-        self._file.close()
-        os.replace(self.part, self.final)
-        return self.final.stat().st_size
-
-    def discard(self) -> None:
-        if self._file is not None:
-            self._file.close()
-        self.part.unlink(missing_ok=True)
-
-
-class CsvFile(PartFile):
-    """The export's CSV: rows are encoded here, in the writer's worker thread."""
-
-    def __init__(self, final: Path, dialect: Dialect) -> None:
-        super().__init__(final)
+    def __init__(self, sink: Sink, dialect: Dialect) -> None:
+        self.sink = sink
         self.dialect = dialect
 
     def open_with_header(self, columns: Sequence[str]) -> bytes:
-        self.open()
+        self.sink.open()
         header = encode_header(columns, self.dialect)
-        self.write(header)
+        self.sink.write(header)
         return header
 
     def write_boxed(self, box: list[Batch]) -> bytes:
-        """``write_batch(box.pop())``: the batch is freed in this (worker) thread."""
-        return self.write_batch(box.pop())
-
-    def write_batch(self, batch: Batch) -> bytes:
-        """Encode (unless COPY did) and write a batch; returns the CSV bytes (for the gzip copy)."""
+        """Encode (unless COPY did) and write ``box.pop()``; returns the CSV bytes (for the
+        gzip copy). The batch is popped here so that it is freed in this worker thread."""
+        batch = box.pop()
         data = batch.data if isinstance(batch, CopyBlock) else encode_rows(batch, self.dialect)
-        self.write(data)
+        self.sink.write(data)
         return data
 
 
-class GzipFile(PartFile):
+class GzipOutput:
     """The gzip copy of the CSV, made while the export runs so downloads need not compress.
 
     isal's igzip deflate: about 4 times zlib's speed at a like ratio, and it releases the
     GIL while it works, so it runs beside the CSV writer on the other core.
     """
 
-    def __init__(self, final: Path) -> None:
-        super().__init__(final)
+    def __init__(self, sink: Sink) -> None:
+        self.sink = sink
         self._deflate = isal_zlib.compressobj(GZIP_LEVEL, isal_zlib.DEFLATED, GZIP_WBITS)
 
-    def write(self, data: bytes) -> int:
-        return super().write(self._deflate.compress(data))
+    def open(self) -> None:
+        self.sink.open()
+
+    def write(self, data: bytes) -> None:
+        self.sink.write(self._deflate.compress(data))
 
     def commit(self) -> int:
-        super().write(self._deflate.flush())
-        return super().commit()
+        self.sink.write(self._deflate.flush())
+        return self.sink.commit()
 
 
 _niced = threading.local()
@@ -211,14 +182,6 @@ def _background(fn: Callable[..., T]) -> Callable[..., T]:
         return fn(*args)
 
     return run
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 async def run_cancellable(fn: Callable[..., T], *args: Any, cancel: Callable[[], None]) -> T:
@@ -287,8 +250,9 @@ def open_text_connection(conninfo: str, application_name: str) -> psycopg.Connec
     return conn
 
 
-def _estimate_rows(conn: psycopg.Connection[Any], query: Any, params: dict[str, str]) -> int:
+def _estimate_rows(conn: psycopg.Connection[Any], select: Select) -> int:
     """The planner's row estimate for the export: free, and exact enough for a progress bar."""
+    query, params = select
     row = conn.execute(psycopg.sql.SQL("EXPLAIN (FORMAT JSON) {}").format(query), params).fetchone()
     assert row is not None
     plan = json.loads(row[0])
@@ -302,14 +266,15 @@ def batch_size(batch: Batch) -> int:
 async def _open_source(
     conn: psycopg.Connection[Any],
     request: ExportRequest,
+    select: Select,
     row_source: str,
     batch_rows: int,
     cancel: Callable[[], None],
 ) -> Callable[[], Batch]:
     """Start the export's query; returns the blocking call that reads its next batch."""
+    query, params = select
     if row_source == "copy":
-        statement, _ = copy_statement(request, header=False, inline=True)
-        source = CopyRows(conn, statement.as_bytes(conn))
+        source = CopyRows(conn, copy_of(query, request, header=False).as_bytes(conn))
         await run_cancellable(source.start, cancel=cancel)
 
         def read_block() -> Batch:
@@ -317,20 +282,75 @@ async def _open_source(
             return CopyBlock(data, rows)
 
         return read_block
-    query, params = export_select(request)
     cursor = conn.cursor(name="export")
     await run_cancellable(cursor.execute, query, params, cancel=cancel)
     return functools.partial(cursor.fetchmany, batch_rows)
 
 
-def gzip_path(final: Path) -> Path:
-    return final.with_name(final.name + ".gz")
+async def read_batches(
+    fetch: Callable[[], Batch],
+    send_rows: trio.MemorySendChannel[Batch],
+    *,
+    cancel: Callable[[], None],
+    progress: Progress,
+) -> None:
+    """The reader: fetch batches in a worker thread and send them until the rows end.
+
+    ``send`` waits while the channel is full: that wait is the backpressure, and while it
+    lasts nothing more is fetched.
+    """
+    async with send_rows:
+        while True:
+            batch = await run_cancellable(_background(fetch), cancel=cancel)
+            if batch_size(batch) == 0:
+                return
+            progress.batches_fetched += 1
+            await send_rows.send(batch)
+            del batch  # the writer's thread frees it (see write_batches)
+
+
+async def write_batches(
+    receive_rows: trio.MemoryReceiveChannel[Batch],
+    csv: CsvOutput,
+    send_csv: trio.MemorySendChannel[bytes] | None,
+    *,
+    progress: Progress,
+) -> None:
+    """The writer: encode and write each batch in a worker thread, then pass the CSV bytes
+    on to the compressor (``send_csv``, if there is a gzip copy)."""
+    async with contextlib.AsyncExitStack() as stack:
+        stack.enter_context(receive_rows)
+        if send_csv is not None:
+            stack.enter_context(send_csv)
+        async for batch in receive_rows:
+            rows = batch_size(batch)
+            # Handed over in a box that the thread empties, so that the batch's last
+            # reference dies there: freeing a cursor batch's ~50,000 objects takes
+            # milliseconds, which the event loop would otherwise spend.
+            box = [batch]
+            del batch
+            data = await trio.to_thread.run_sync(_background(csv.write_boxed), box)
+            progress.bytes_written += len(data)
+            progress.processed_rows += rows
+            progress.batches_written += 1
+            if send_csv is not None:
+                await send_csv.send(data)
+
+
+async def compress(receive_csv: trio.MemoryReceiveChannel[bytes], gz: GzipOutput) -> None:
+    """The compressor: the gzip copy follows the CSV through a channel of its own, so that
+    compressing runs beside writing instead of after it (and never holds up the reader)."""
+    await trio.to_thread.run_sync(gz.open)
+    async with receive_csv:
+        async for data in receive_csv:
+            await trio.to_thread.run_sync(_background(gz.write), data)
 
 
 async def export_csv(
     conninfo: str,
     request: ExportRequest,
-    final: Path,
+    storage: ExportStorage,
+    export_id: uuid.UUID,
     *,
     progress: Progress,
     batch_rows: int,
@@ -338,92 +358,63 @@ async def export_csv(
     gzip: bool = True,
     row_source: str = "cursor",
     application_name: str = "exporter",
-    open_file: Callable[[Path, Dialect], CsvFile] = CsvFile,
 ) -> int:
-    """Export ``request`` to the file ``final`` (and ``final.gz``); returns the CSV's size.
+    """Export ``request`` into ``storage`` as the export ``export_id``; returns the CSV's size.
 
-    ``row_source``: ``cursor`` (the design card's server-side cursor, values encoded here)
-    or ``copy`` (PostgreSQL's ``COPY … TO STDOUT`` writes the CSV lines; faster). Both
-    feed the same channel and writer, and write the same bytes.
+    ``row_source``: ``cursor`` (a server-side cursor, values encoded here) or ``copy``
+    (PostgreSQL's ``COPY … TO STDOUT`` writes the CSV lines; faster). Both feed the same
+    channel and writer, and write the same bytes.
 
-    On any failure or cancellation no file is left behind: not ``final``, not its
-    ``.part``, no gzip copy. ``open_file`` lets a test put a deliberately slow writer in
-    place.
+    On any failure or cancellation no file is left behind: neither CSV nor gzip copy,
+    finished or partial.
     """
-    query, params = export_select(request)
-    dialect = Dialect.of(request.delimiter, request.quote_char, request.neutralize_formulas)
     if request.neutralize_formulas:
         row_source = "cursor"  # COPY's lines would have to be parsed again to change them
-    files: list[PartFile] = [csv_file := open_file(final, dialect)]
-    if gzip:
-        files.append(gz_file := GzipFile(gzip_path(final)))
+    # COPY cannot take parameters: its SELECT carries the filter values as literals.
+    select = export_select(request, inline=row_source == "copy")
+    dialect = Dialect.of(request.delimiter, request.quote_char, request.neutralize_formulas)
+    csv = CsvOutput(storage.sink(export_id), dialect)
+    gz = GzipOutput(storage.sink(export_id, gzip=True)) if gzip else None
     conn = await trio.to_thread.run_sync(open_text_connection, conninfo, application_name)
     cancel_query = conn.cancel_safe
     committed = False
     try:
         progress.total_rows = await run_cancellable(
-            _estimate_rows, conn, query, params, cancel=cancel_query
+            _estimate_rows, conn, select, cancel=cancel_query
         )
-        fetch = await _open_source(conn, request, row_source, batch_rows, cancel_query)
-        header = await trio.to_thread.run_sync(csv_file.open_with_header, request.columns)
+        fetch = await _open_source(conn, request, select, row_source, batch_rows, cancel_query)
+        header = await trio.to_thread.run_sync(csv.open_with_header, request.columns)
         progress.bytes_written = len(header)
         progress.started_at = time.monotonic()
 
         send_rows, receive_rows = trio.open_memory_channel[Batch](channel_batches)
-        # The gzip copy follows the CSV through a channel of its own, so that compressing
-        # runs beside writing instead of after it (and never holds up the reader).
-        send_csv, receive_csv = trio.open_memory_channel[bytes](GZIP_CHANNEL_BLOCKS)
-
-        async def read_batches() -> None:
-            async with send_rows:
-                while True:
-                    batch = await run_cancellable(_background(fetch), cancel=cancel_query)
-                    if batch_size(batch) == 0:
-                        return
-                    progress.batches_fetched += 1
-                    await send_rows.send(batch)
-                    del batch  # the writer's thread frees it (see write_batches)
-
-        async def write_batches() -> None:
-            async with receive_rows, send_csv:
-                if gzip:
-                    await send_csv.send(header)
-                async for batch in receive_rows:
-                    rows = batch_size(batch)
-                    # Handed over in a box that the thread empties, so that the batch's
-                    # last reference dies there: freeing a cursor batch's ~50,000 objects
-                    # takes milliseconds, which the event loop would otherwise spend.
-                    box = [batch]
-                    del batch
-                    data = await trio.to_thread.run_sync(_background(csv_file.write_boxed), box)
-                    progress.bytes_written += len(data)
-                    progress.processed_rows += rows
-                    progress.batches_written += 1
-                    if gzip:
-                        await send_csv.send(data)
-
-        async def compress() -> None:
-            await trio.to_thread.run_sync(gz_file.open)
-            async with receive_csv:
-                async for data in receive_csv:
-                    await trio.to_thread.run_sync(_background(gz_file.write), data)
-
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(read_batches)
-            nursery.start_soon(write_batches)
-            if gzip:
-                nursery.start_soon(compress)
+            send_csv: trio.MemorySendChannel[bytes] | None = None
+            if gz is not None:
+                send_csv, receive_csv = trio.open_memory_channel[bytes](GZIP_CHANNEL_BLOCKS)
+                send_csv.send_nowait(header)  # the gzip copy begins with it too
+                nursery.start_soon(compress, receive_csv, gz)
+            nursery.start_soon(
+                functools.partial(read_batches, cancel=cancel_query, progress=progress),
+                fetch,
+                send_rows,
+            )
+            nursery.start_soon(
+                functools.partial(write_batches, progress=progress), receive_rows, csv, send_csv
+            )
 
         progress.total_rows = progress.processed_rows  # the estimate has served its purpose
-        # The gzip copy is renamed first: once the CSV is in place, everything is.
-        sizes = [await trio.to_thread.run_sync(f.commit) for f in reversed(files)]
-        await trio.to_thread.run_sync(_fsync_dir, final.parent)
+        # The gzip copy is committed first: once the CSV is in place, everything is.
+        if gz is not None:
+            await trio.to_thread.run_sync(gz.commit)
+        size = await trio.to_thread.run_sync(csv.sink.commit)
         committed = True
-        return sizes[-1]
+        return size
     finally:
         with trio.CancelScope(shield=True):
             if not committed:
-                for f in files:
-                    await trio.to_thread.run_sync(f.discard)
+                await trio.to_thread.run_sync(csv.sink.discard)
+                if gz is not None:
+                    await trio.to_thread.run_sync(gz.sink.discard)
             # Closing ends the transaction and the backend with it.
             await trio.to_thread.run_sync(conn.close)

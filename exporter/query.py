@@ -1,7 +1,8 @@
 """The SELECT of an export, composed from typed psycopg pieces: pure, no I/O.
 
 Column names come only from ``request.USER_COLUMNS`` (as ``sql.Identifier``) and filter
-values travel as parameters, so no request text is ever spliced into SQL.
+values travel as parameters, or, where a statement cannot take any (COPY), as literals
+quoted by psycopg (``sql.Literal``): no request text is ever pasted into SQL as it came.
 """
 
 from __future__ import annotations
@@ -11,9 +12,11 @@ from psycopg import sql
 from exporter.request import USER_COLUMNS, ExportRequest
 
 Params = dict[str, str]
+# A statement and the values of its placeholders.
+Select = tuple[sql.Composed, Params]
 
 
-def export_select(request: ExportRequest, *, inline: bool = False) -> tuple[sql.Composed, Params]:
+def export_select(request: ExportRequest, *, inline: bool = False) -> Select:
     """The export's SELECT and its parameters.
 
     ``inline``: filter values as quoted literals (``sql.Literal``, psycopg's own quoting)
@@ -50,17 +53,20 @@ def export_select(request: ExportRequest, *, inline: bool = False) -> tuple[sql.
     return query, params
 
 
-def copy_statement(
-    request: ExportRequest, *, header: bool = True, inline: bool = False
-) -> tuple[sql.Composed, Params]:
+def copy_statement(request: ExportRequest, *, header: bool = True, inline: bool = False) -> Select:
     """``COPY (<the export's SELECT>) TO STDOUT`` in the request's CSV dialect.
 
     What PostgreSQL itself writes for this statement is the byte-for-byte oracle of an
-    export's file (SPEC §4); tests and the benchmarks' baseline use it, and so does the
-    ``copy`` row source (without the header, which the pipeline writes itself).
+    export's file; tests and the benchmarks' baseline use it.
     """
     select, params = export_select(request, inline=inline)
-    statement = sql.SQL(
+    return copy_of(select, request, header=header), params
+
+
+def copy_of(select: sql.Composable, request: ExportRequest, *, header: bool) -> sql.Composed:
+    """``select`` wrapped in ``COPY … TO STDOUT`` with the request's CSV dialect: how the
+    ``copy`` row source reads an export (without the header, which the pipeline writes)."""
+    return sql.SQL(
         "COPY ({select}) TO STDOUT WITH (FORMAT csv, HEADER {h}, DELIMITER {d}, QUOTE {q})"
     ).format(
         select=select,
@@ -68,4 +74,3 @@ def copy_statement(
         d=sql.Literal(request.delimiter),
         q=sql.Literal(request.quote_char),
     )
-    return statement, params

@@ -44,7 +44,8 @@ class Plan:
     start: int = 0  # first byte to send (inclusive)
     length: int = 0  # number of bytes to send (0 for 304 and 416)
     # ETag, Last-Modified, Accept-Ranges always; then Content-Range (206, 416) and
-    # Content-Length (200, 206, 416 — a 304 must not claim a length it does not send).
+    # Content-Length (200, 206: the bytes sent; a 304 must not claim a length it does not
+    # send, and a 416's body, if any, is the caller's to measure).
     headers: tuple[tuple[str, str], ...] = ()
 
 
@@ -271,10 +272,7 @@ def plan_response(version: FileVersion, request_headers: Mapping[str, str]) -> P
         return whole  # malformed is ignored; several ranges may be answered in full
     resolved = _resolve(specs[0], size)
     if resolved is None:
-        return Plan(
-            416,
-            headers=(*validators, ("Content-Range", f"bytes */{size}"), ("Content-Length", "0")),
-        )
+        return Plan(416, headers=(*validators, ("Content-Range", f"bytes */{size}")))
     start, length = resolved
     return Plan(
         206,

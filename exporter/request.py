@@ -262,8 +262,7 @@ def parse_export_request(params: Mapping[str, object]) -> ExportRequest:
             values[parameter.field] = parameter.parse(raw)
         except _Invalid as invalid:
             errors.append(FieldError(parameter.name, str(invalid)))
-    invalid = {e.param for e in errors}
-    if not invalid & {"delimiter", "quoteChar"}:
+    if not {e.param for e in errors} & {"delimiter", "quoteChar"}:
         delimiter = values.get("delimiter", DEFAULT_REQUEST.delimiter)
         quote = values.get("quote_char", DEFAULT_REQUEST.quote_char)
         if delimiter == quote:

@@ -18,8 +18,8 @@ from hypercorn.config import Config
 from hypercorn.trio import serve
 
 from exporter import zerocopy
-from exporter.api import create_app
-from exporter.config import Settings
+from exporter.app import create_app
+from exporter.config import SEND_TIMEOUT, Settings
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +46,7 @@ def limit_malloc_arenas(arenas: int = MALLOC_ARENAS) -> bool:
     return False
 
 
-def hypercorn_config(bind: str, send_timeout: float = zerocopy.STALL_TIMEOUT) -> Config:
+def hypercorn_config(bind: str, send_timeout: float = SEND_TIMEOUT) -> Config:
     config = Config()
     config.bind = [bind]
     # Read by exporter.zerocopy: how long a client may accept no byte before it is dropped.

@@ -8,6 +8,7 @@ The store keeps one connection, opened on first use and opened again after it br
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import datetime as dt
 import uuid
@@ -16,16 +17,25 @@ from typing import Any, ParamSpec, TypeVar
 
 import trio_asyncio
 import psycopg
+import psycopg.waiting
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
 from exporter.request import ExportRequest
+from exporter.states import LIVE_STATUSES, ExportStatus
+
+# psycopg binds asyncio.get_running_loop when first imported, and trio-asyncio replaces that
+# function: imported the other way round, every query here fails with "no running event
+# loop". A clear message at import beats that mystery at the first request.
+if psycopg.waiting.get_running_loop is not asyncio.get_running_loop:  # type: ignore[attr-defined]
+    raise ImportError("exporter.store: trio_asyncio must be imported before psycopg")
 
 P = ParamSpec("P")
 R = TypeVar("R")
 
-LIVE_STATUSES = ("pending", "processing")
-FINAL_STATUSES = ("completed", "failed", "cancelled", "expired")
+
+class StoreUnavailable(Exception):
+    """The job database cannot be reached (down, unreachable, or the connection broke)."""
 
 
 @dataclasses.dataclass(slots=True)
@@ -34,7 +44,7 @@ class JobRecord:
 
     id: uuid.UUID
     request: ExportRequest
-    status: str = "pending"
+    status: ExportStatus = ExportStatus.PENDING
     error: str | None = None
     processed_rows: int = 0
     total_rows: int | None = None
@@ -65,7 +75,7 @@ def _record(row: dict[str, Any]) -> JobRecord:
     return JobRecord(
         id=row["id"],
         request=ExportRequest.from_json(row["request"]),
-        status=row["status"],
+        status=ExportStatus(row["status"]),
         error=row["error"],
         processed_rows=row["processed_rows"],
         total_rows=row["total_rows"],
@@ -107,7 +117,15 @@ class JobStore:
             self._conn = None
 
     async def query(self, query: str, params: Any = None) -> list[dict[str, Any]]:
-        return await _aio(self._query)(query, params)
+        """Run one statement; raises ``StoreUnavailable`` when the database cannot answer."""
+        try:
+            return await _aio(self._query)(query, params)
+        except psycopg.OperationalError as exc:
+            raise StoreUnavailable(str(exc).strip() or type(exc).__name__) from exc
+
+    async def ping(self) -> None:
+        """Return once the database answers; ``StoreUnavailable`` if it does not."""
+        await self.query("SELECT 1")
 
     async def close(self) -> None:
         await _aio(self._close)()
@@ -138,14 +156,16 @@ class JobStore:
     async def fail_interrupted(self, error: str) -> list[uuid.UUID]:
         """Mark jobs a previous process left pending or processing as failed."""
         rows = await self.query(
-            "UPDATE export_jobs SET status = 'failed', error = %s, completed_at = now(),"
-            " updated_at = now() WHERE status IN ('pending', 'processing') RETURNING id",
-            (error,),
+            "UPDATE export_jobs SET status = %s, error = %s, completed_at = now(),"
+            " updated_at = now() WHERE status = ANY(%s) RETURNING id",
+            (ExportStatus.FAILED, error, list(LIVE_STATUSES)),
         )
         return [row["id"] for row in rows]
 
     async def completed_ids(self) -> set[uuid.UUID]:
-        rows = await self.query("SELECT id FROM export_jobs WHERE status = 'completed'")
+        rows = await self.query(
+            "SELECT id FROM export_jobs WHERE status = %s", (ExportStatus.COMPLETED,)
+        )
         return {row["id"] for row in rows}
 
     async def recent(self, limit: int) -> list[JobRecord]:
@@ -158,13 +178,14 @@ class JobStore:
     async def due_to_expire(self) -> list[uuid.UUID]:
         """Completed jobs whose ``expires_at`` has passed."""
         rows = await self.query(
-            "SELECT id FROM export_jobs WHERE status = 'completed' AND expires_at <= now()"
+            "SELECT id FROM export_jobs WHERE status = %s AND expires_at <= now()",
+            (ExportStatus.COMPLETED,),
         )
         return [row["id"] for row in rows]
 
     async def mark_expired(self, job_ids: list[uuid.UUID]) -> None:
         await self.query(
-            "UPDATE export_jobs SET status = 'expired', updated_at = now()"
-            " WHERE id = ANY(%s) AND status = 'completed'",
-            (job_ids,),
+            "UPDATE export_jobs SET status = %s, updated_at = now()"
+            " WHERE id = ANY(%s) AND status = %s",
+            (ExportStatus.EXPIRED, job_ids, ExportStatus.COMPLETED),
         )

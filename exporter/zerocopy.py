@@ -19,7 +19,8 @@ extension in its scope, so apps fall back to ordinary body messages there.
 
 A transfer that stops half-way (the client went away, or the app was cancelled) leaves
 the HTTP/1.1 framing broken, so the connection is closed; a client that makes no progress
-for ``STALL_TIMEOUT`` seconds is dropped, while a slow one is served however long it takes.
+for ``send_timeout`` seconds (``SEND_TIMEOUT``) is dropped, while a slow one is served
+however long it takes.
 """
 
 from __future__ import annotations
@@ -42,11 +43,10 @@ from hypercorn.protocol.http_stream import ASGIHTTPState, HTTPStream
 from hypercorn.trio.task_group import TaskGroup
 from hypercorn.trio.tcp_server import TCPServer
 
+from exporter.config import SEND_TIMEOUT
+
 EXTENSION = "http.response.zerocopysend"
 SUPPORTED_HYPERCORN = ("0.18.",)
-# Seconds a client may accept no byte at all before it is considered gone; a server sets
-# its own as ``send_timeout`` on its Hypercorn config (``server.hypercorn_config``).
-STALL_TIMEOUT = 120.0
 # Bytes per sendfile call: large enough to be cheap, small enough to stay responsive.
 SENDFILE_CHUNK = 1 << 20
 
@@ -154,11 +154,13 @@ def _wrap_stream_send(original: Callable[..., Awaitable[None]]) -> Callable[...,
 
 
 def send_timeout(server: TCPServer) -> float:
-    return float(getattr(server.config, "send_timeout", STALL_TIMEOUT))
+    """Seconds a client may accept no byte at all before it is considered gone: the
+    server's own, set on its Hypercorn config (``server.hypercorn_config``)."""
+    return float(getattr(server.config, "send_timeout", SEND_TIMEOUT))
 
 
 async def sendfile_all(
-    sock: trio.socket.SocketType, file_range: FileRange, stall_timeout: float = STALL_TIMEOUT
+    sock: trio.socket.SocketType, file_range: FileRange, stall_timeout: float = SEND_TIMEOUT
 ) -> None:
     """Write the range to the socket with os.sendfile, yielding to trio when it is full.
 

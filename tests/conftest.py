@@ -3,33 +3,49 @@
 The database is the embedded one (started once per session in a temporary folder and
 deleted afterwards) unless ``TEST_DATABASE_URL`` names another. Its users table is seeded
 with ``TEST_SEED_ROWS`` rows (default 150,000: a full export is tens of MB) by the same
-code ``exporter serve`` uses.
+code ``exporter serve`` uses. Beside it, the gated database (tests/support.py) lets a test
+stop exports half-way through for as long as it needs.
+
+Helpers that are not fixtures are in tests/support.py.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import os
+import secrets
 import tempfile
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import trio_asyncio  # noqa: F401  (before psycopg: see exporter/__init__.py)
+import trio_asyncio  # noqa: F401  (before psycopg: see exporter/store.py)
 import httpx
 import psycopg
 import pytest
 import trio
+from psycopg import sql
 
 from exporter.config import Settings
 from exporter.embedded import embedded_database
-from exporter.query import copy_statement
 from exporter.request import ExportRequest
 from exporter.schema import apply_schema, seed_users
 from exporter.server import run_server
-
-SEED_ROWS = int(os.environ.get("TEST_SEED_ROWS", "150000"))
+from tests.support import (
+    GATED_DB,
+    GATED_ROLE,
+    GATED_ROWS,
+    GATED_SETUP,
+    SEED_ROWS,
+    GatedDatabase,
+    Gates,
+    Server,
+    StartServer,
+    UsersLock,
+    copy_oracle,
+    gated_admin_conninfo,
+    gated_conninfo,
+)
 
 
 @pytest.fixture(scope="session")
@@ -51,53 +67,55 @@ def database() -> Iterator[str]:
         yield conninfo
 
 
-def copy_oracle(conninfo: str, request: ExportRequest) -> bytes:
-    """What PostgreSQL's own COPY writes for the export's SELECT (SPEC §4)."""
-    statement, params = copy_statement(request)
-    out = bytearray()
-    with (
-        psycopg.connect(conninfo, options="-c TimeZone=UTC -c DateStyle=ISO,MDY") as conn,
-        conn.cursor().copy(statement, params) as copy,
-    ):
-        for chunk in copy:
-            out += chunk
-    return bytes(out)
-
-
 @pytest.fixture
 def oracle(database: str) -> Callable[[ExportRequest], bytes]:
     return functools.partial(copy_oracle, database)
 
 
-@dataclasses.dataclass
-class Server:
-    url: str
-    settings: Settings
-    client: httpx.AsyncClient
-
-    async def create(self, **params: str) -> str:
-        """POST an export; returns its id."""
-        response = await self.client.post("/exports/csv", params=params)
-        assert response.status_code == 202, response.text
-        return str(response.json()["exportId"])
-
-    async def status(self, export_id: str) -> dict[str, Any]:
-        response = await self.client.get(f"/exports/{export_id}/status")
-        assert response.status_code == 200, response.text
-        return dict(response.json())
-
-    async def wait_for(
-        self, export_id: str, *statuses: str, timeout: float = 30.0
-    ) -> dict[str, Any]:
-        with trio.fail_after(timeout):
-            while True:
-                doc = await self.status(export_id)
-                if doc["status"] in statuses:
-                    return doc
-                await trio.sleep(0.02)
+def _drop_gated(conn: psycopg.Connection[Any]) -> None:
+    conn.execute(
+        sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(GATED_DB))
+    )
+    conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(GATED_ROLE)))
 
 
-StartServer = Callable[..., Awaitable[Server]]
+@pytest.fixture(scope="session")
+def gated_database(database: str) -> Iterator[GatedDatabase]:
+    """A database of its own whose exports a test can stop at a row (``gates``)."""
+    password = secrets.token_hex(12)
+    with psycopg.connect(database, autocommit=True) as conn:
+        _drop_gated(conn)
+        conn.execute(
+            sql.SQL("CREATE ROLE {} LOGIN PASSWORD {}").format(
+                sql.Identifier(GATED_ROLE), sql.Literal(password)
+            )
+        )
+        conn.execute(
+            sql.SQL("CREATE DATABASE {} OWNER {}").format(
+                sql.Identifier(GATED_DB), sql.Identifier(GATED_ROLE)
+            )
+        )
+        # Exports then read in id order through the primary key, never a sort that would
+        # read every row (and meet every gate) before the first one comes out.
+        conn.execute(
+            sql.SQL("ALTER DATABASE {} SET enable_sort = off").format(sql.Identifier(GATED_DB))
+        )
+    url = gated_conninfo(database, password)
+    apply_schema(url, "schema")  # as the role: it owns the tables
+    seed_users(url, GATED_ROWS)
+    apply_schema(url, "indexes")
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(GATED_SETUP.encode())
+    yield GatedDatabase(url, gated_admin_conninfo(database))
+    with psycopg.connect(database, autocommit=True) as conn:
+        _drop_gated(conn)
+
+
+@pytest.fixture
+def gates(gated_database: GatedDatabase) -> Iterator[Gates]:
+    held = Gates(gated_database.admin_url)
+    yield held
+    held.close()
 
 
 @pytest.fixture
@@ -133,29 +151,6 @@ async def server(start_server: StartServer) -> Server:
     return await start_server()
 
 
-def backends(conninfo: str, export_id: str) -> list[tuple[Any, ...]]:
-    """The export's database sessions still alive (pg_stat_activity)."""
-    with psycopg.connect(conninfo, autocommit=True) as conn:
-        return conn.execute(
-            "SELECT pid, state, query FROM pg_stat_activity WHERE application_name = %s",
-            (f"exporter {export_id}",),
-        ).fetchall()
-
-
-class UsersLock:
-    """Holds ACCESS EXCLUSIVE on users from another session: a real way to make an
-    export's query block inside PostgreSQL for as long as a test needs."""
-
-    def __init__(self, conninfo: str) -> None:
-        self.conn = psycopg.connect(conninfo)
-        self.conn.execute("LOCK TABLE users IN ACCESS EXCLUSIVE MODE")
-
-    def release(self) -> None:
-        if not self.conn.closed:
-            self.conn.rollback()
-            self.conn.close()
-
-
 @pytest.fixture
 def users_lock(database: str) -> Iterator[Callable[[], UsersLock]]:
     locks: list[UsersLock] = []
@@ -167,25 +162,3 @@ def users_lock(database: str) -> Iterator[Callable[[], UsersLock]]:
     yield take
     for lock in locks:
         lock.release()
-
-
-async def wait_until_blocked(conninfo: str, export_id: str, timeout: float = 10.0) -> None:
-    """Wait until the export's backend is waiting for a lock."""
-    with trio.fail_after(timeout):
-        while True:
-            with psycopg.connect(conninfo, autocommit=True) as conn:
-                row = conn.execute(
-                    "SELECT 1 FROM pg_stat_activity"
-                    " WHERE application_name = %s AND wait_event_type = 'Lock'",
-                    (f"exporter {export_id}",),
-                ).fetchone()
-            if row:
-                return
-            await trio.sleep(0.02)
-
-
-async def wait_for_no_backend(conninfo: str, export_id: str, timeout: float = 1.0) -> None:
-    """The export's session must be gone from pg_stat_activity within ``timeout``."""
-    with trio.fail_after(timeout):
-        while backends(conninfo, export_id):
-            await trio.sleep(0.02)

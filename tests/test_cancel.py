@@ -1,9 +1,13 @@
-"""Cancellation (SPEC §3 DELETE, §6): stopped, query gone, file removed, within 1 s."""
+"""Cancellation: DELETE of a running export, and the shutdown of the service, stop it within
+a second wherever it is waiting (in PostgreSQL, in the writer, inside a FETCH or a COPY):
+its query gone from the server, its files removed. And backpressure: a slow writer makes
+the reader wait instead of piling batches up in memory."""
 
 from __future__ import annotations
 
 import functools
 import time
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 
@@ -14,47 +18,48 @@ import trio
 
 from exporter.config import ROW_SOURCES, Settings
 from exporter.copy_source import CopyRows
-from exporter.csvfmt import Dialect
 from exporter.jobs import SHUTDOWN_ERROR
-from exporter.pipeline import (
-    Batch,
-    CsvFile,
-    Progress,
-    export_csv,
-    open_text_connection,
-    run_cancellable,
-)
+from exporter.pipeline import Progress, export_csv, open_text_connection, run_cancellable
 from exporter.request import ExportRequest
 from exporter.server import run_server
-from tests.conftest import (
+from exporter.storage import FolderStorage, PartFile
+from tests.support import (
+    ROW_SOURCE_PARAMS,
     StartServer,
     UsersLock,
     backends,
+    copy_oracle,
     wait_for_no_backend,
     wait_until_blocked,
 )
 
 
-class SlowCsvFile(CsvFile):
-    """A deliberately slow writer (a disk far slower than the database)."""
+class SlowFile(PartFile):
+    """A file on a deliberately slow disk: every write takes ``delay`` seconds."""
 
-    delay = 0.05
+    def __init__(self, final: Path, delay: float) -> None:
+        super().__init__(final)
+        self.delay = delay
 
-    def write_batch(self, batch: Batch) -> bytes:
+    def write(self, data: bytes) -> None:
         time.sleep(self.delay)
-        return super().write_batch(batch)
+        super().write(data)
 
 
-def slow_file(delay: float) -> Callable[[Path, Dialect], CsvFile]:
-    def open_file(final: Path, dialect: Dialect) -> CsvFile:
-        out = SlowCsvFile(final, dialect)
-        out.delay = delay
-        return out
+class SlowDisk(FolderStorage):
+    """An export store whose CSV files are written far slower than the database reads."""
 
-    return open_file
+    def __init__(self, root: Path, delay: float) -> None:
+        super().__init__(root)
+        self.delay = delay
+
+    def sink(self, export_id: uuid.UUID, *, gzip: bool = False) -> PartFile:
+        if gzip:
+            return super().sink(export_id, gzip=True)
+        return SlowFile(self.path(export_id), self.delay)
 
 
-@pytest.mark.parametrize("row_source", ROW_SOURCES)
+@pytest.mark.parametrize("row_source", ROW_SOURCE_PARAMS)
 async def test_delete_while_query_blocked_in_database(
     start_server: StartServer, database: str, users_lock: Callable[[], UsersLock], row_source: str
 ) -> None:
@@ -84,12 +89,12 @@ async def test_delete_while_query_blocked_in_database(
     assert (await server.wait_for(again, "completed", "failed"))["status"] == "completed"
 
 
+@pytest.mark.slow  # the writer takes 0.2 s a batch on purpose
 @pytest.mark.parametrize("row_source", ROW_SOURCES)
 async def test_cancel_while_writer_is_blocked(
     database: str, tmp_path: Path, row_source: str
 ) -> None:
     progress = Progress()
-    final = tmp_path / "slow.csv"
     name = "exporter slow-writer"
     with trio.CancelScope() as scope:
         async with trio.open_nursery() as nursery:
@@ -97,13 +102,13 @@ async def test_cancel_while_writer_is_blocked(
                 lambda: export_csv(
                     database,
                     ExportRequest(),
-                    final,
+                    SlowDisk(tmp_path, delay=0.2),
+                    uuid.uuid4(),
                     progress=progress,
                     batch_rows=200,
                     channel_batches=2,
                     row_source=row_source,
                     application_name=name,
-                    open_file=slow_file(0.2),
                 )
             )
             with trio.fail_after(10):
@@ -166,6 +171,7 @@ async def test_cancel_while_thread_is_inside_copy(database: str) -> None:
         conn.close()
 
 
+@pytest.mark.slow
 async def test_copy_reader_leaves_the_event_loop_running(database: str) -> None:
     """libpq's blocking read holds the GIL; the reader must wait with it released."""
     conn = open_text_connection(database, "exporter copy-gil")
@@ -195,17 +201,16 @@ async def test_copy_reader_leaves_the_event_loop_running(database: str) -> None:
         conn.close()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("row_source", ROW_SOURCES)
 async def test_backpressure_stops_reading_when_the_writer_is_slow(
     database: str, tmp_path: Path, row_source: str
 ) -> None:
-    from tests.conftest import copy_oracle
-
     capacity = 2
     request = ExportRequest(country_code="US", subscription_tier="pro")
     progress = Progress()
     gaps: list[int] = []
-    final = tmp_path / "bp.csv"
+    disk, export_id = SlowDisk(tmp_path, delay=0.01), uuid.uuid4()
     async with trio.open_nursery() as nursery:
         done = trio.Event()
 
@@ -213,12 +218,12 @@ async def test_backpressure_stops_reading_when_the_writer_is_slow(
             await export_csv(
                 database,
                 request,
-                final,
+                disk,
+                export_id,
                 progress=progress,
                 batch_rows=50,
                 channel_batches=capacity,
                 row_source=row_source,
-                open_file=slow_file(0.01),
             )
             done.set()
 
@@ -233,7 +238,7 @@ async def test_backpressure_stops_reading_when_the_writer_is_slow(
     assert max(gaps) <= capacity + 2, gaps
     # ... and the slow writer really made the reader wait: the gap was at its bound.
     assert max(gaps) >= capacity
-    assert final.read_bytes() == copy_oracle(database, request)
+    assert disk.path(export_id).read_bytes() == copy_oracle(database, request)
 
 
 async def test_stopping_the_server_records_running_exports(

@@ -1,5 +1,5 @@
-"""The command-line client (issue 7): ``exporter export|status|cancel`` as a user runs it,
-a real process against a real server."""
+"""The command-line client: ``exporter export|status|cancel`` as a user runs it, a real
+process against a real server."""
 
 from __future__ import annotations
 
@@ -12,13 +12,15 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
 import trio
 
 from exporter import zerocopy
 from exporter.request import ExportRequest
-from tests.conftest import Server, StartServer, UsersLock, wait_until_blocked
+from tests.support import Oracle, Server, StartServer, UsersLock, wait_until_blocked
 
-Oracle = Callable[[ExportRequest], bytes]
+# Each test runs the client as its own process (a second or so of Python start-up each).
+pytestmark = pytest.mark.slow
 
 
 async def cli(*args: str) -> tuple[int, str, str]:

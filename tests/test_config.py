@@ -1,28 +1,69 @@
-"""Settings from the environment: defaults, and a clear error naming a bad variable."""
+"""Settings from the environment: README.md's Settings table is the truth (every setting
+documented, every documented variable read, each default as listed), and a bad value is a
+clear error naming its variable."""
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import pytest
 
 from exporter.config import Settings, SettingsError
+from tests.support import ROOT
 
 
-def test_defaults_as_the_readme_lists_them() -> None:
-    settings = Settings.from_env({})
-    assert settings.database_url is None
-    assert settings.export_dir == Path("exports")
-    assert settings.bind == "127.0.0.1:8080"
-    assert settings.embedded_pg_dir == Path(".pgdata")
-    assert settings.max_concurrent_exports == 2
-    assert settings.max_queued_exports == 100
-    assert settings.batch_rows == 5000
-    assert settings.channel_batches == 4
-    assert settings.gzip_exports is True
-    assert settings.zero_copy is True
-    assert settings.export_ttl == 86400
-    assert settings.progress_interval == 0.5
+def readme_settings() -> dict[str, str]:
+    """README's Settings table: each variable and its default, as written there."""
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    section = text.split("\n## Settings\n", 1)[1].split("\n## ", 1)[0]
+    table = {}
+    for line in section.splitlines():
+        if line.startswith("| `"):
+            variable, default, _meaning = line.strip().strip("|").split("|", 2)
+            table[variable.strip().strip("`")] = default.strip().strip("`")
+    assert table, "README.md has no Settings table"
+    return table
+
+
+class ReadRecorder(Mapping[str, str]):
+    """An empty environment that notes every variable looked up in it."""
+
+    def __init__(self) -> None:
+        self.read: set[str] = set()
+
+    def __getitem__(self, name: str) -> str:
+        self.read.add(name)
+        raise KeyError(name)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(())
+
+    def __len__(self) -> int:
+        return 0
+
+
+def test_every_setting_is_documented_and_every_documented_variable_is_read() -> None:
+    documented = set(readme_settings())
+    fields = {field.name.upper() for field in dataclasses.fields(Settings)}
+    assert fields - documented == set(), "settings missing from README.md's table"
+    assert documented - fields == set(), "README.md lists variables that are no setting"
+    environment = ReadRecorder()
+    Settings.from_env(environment)
+    assert environment.read == documented
+
+
+@pytest.mark.parametrize(("variable", "default"), readme_settings().items())
+def test_default_as_the_readme_lists_it(variable: str, default: str) -> None:
+    field = variable.lower()
+    actual = getattr(Settings.from_env({}), field)
+    assert actual == getattr(Settings(), field)
+    if default == "unset":
+        assert actual is None
+    else:
+        # The README's value, given as the variable, is what the service does without it.
+        assert getattr(Settings.from_env({variable: default}), field) == actual
 
 
 def test_values_are_read() -> None:

@@ -17,7 +17,6 @@ import re
 import shlex
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -32,9 +31,9 @@ import pytest
 import yaml
 
 from exporter.schema import init_sql_path
-from tests.conftest import SEED_ROWS
+from tests.support import ROOT, SEED_ROWS, free_port
 
-ROOT = Path(__file__).resolve().parent.parent
+pytestmark = pytest.mark.e2e
 
 
 @pytest.fixture(scope="module")
@@ -99,12 +98,6 @@ def test_dockerfile_runs_as_non_root_with_the_export_volume() -> None:
     assert "MALLOC_ARENA_MAX=2" in env
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def image_venv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """The Dockerfile's pip commands, as written, in a fresh virtualenv and build folder."""
@@ -145,6 +138,7 @@ def init_sql_database(database: str) -> Iterator[str]:
         conn.execute(f"DROP DATABASE {name} WITH (FORCE)")
 
 
+@pytest.mark.slow
 def test_image_command_line_serves_and_stops_on_sigterm(
     image_venv: Path, init_sql_database: str, tmp_path: Path
 ) -> None:

@@ -1,4 +1,4 @@
-"""CSV encoding: byte-identical to PostgreSQL's COPY (SPEC §4).
+"""CSV encoding: byte-identical to what PostgreSQL's COPY writes.
 
 Unit cases pin the rules; the hypothesis test throws arbitrary text (quotes, delimiters,
 newlines, empty strings, NULLs, non-ASCII) into a scratch table of the real PostgreSQL and
@@ -79,6 +79,7 @@ def scratch(database: str):  # type: ignore[no-untyped-def]
         yield conn
 
 
+@pytest.mark.slow  # 300 round trips to PostgreSQL
 @settings(
     max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )

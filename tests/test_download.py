@@ -1,5 +1,6 @@
-"""Downloads (SPEC §3 GET|HEAD download, §6): headers, ranges, gzip, resume, zero-copy,
-slow and vanished clients. A real Hypercorn on loopback, real files, real curl."""
+"""Downloads, GET and HEAD /exports/{id}/download: headers, ranges, conditionals, gzip,
+resume, zero-copy and its fallback, slow, stalled and vanished clients. A real Hypercorn
+on loopback, real files, real curl."""
 
 from __future__ import annotations
 
@@ -16,9 +17,16 @@ import trio
 
 from exporter import zerocopy
 from exporter.request import ExportRequest
-from tests.conftest import Server
+from tests.support import (
+    Oracle,
+    Server,
+    StartServer,
+    UsersLock,
+    count_tasks,
+    curl,
+    open_fds,
+)
 
-Oracle = Callable[[ExportRequest], bytes]
 ENCODINGS = ["identity", "gzip"]
 
 
@@ -27,23 +35,6 @@ async def completed_export(server: Server, **params: str) -> str:
     doc = await server.wait_for(export_id, "completed", "failed")
     assert doc["status"] == "completed", doc["error"]
     return export_id
-
-
-async def curl(*args: str) -> tuple[int, dict[str, str], bytes, str]:
-    """Run curl; returns (status, headers, body, status line). ``-I`` for HEAD."""
-    result = await trio.run_process(
-        ["curl", "-s", "-S", "-D", "/dev/stderr", "-o", "-", *args],
-        capture_stdout=True,
-        capture_stderr=True,
-    )
-    body = b"" if "-I" in args else result.stdout
-    head = result.stderr.split(b"\r\n\r\n")[-2]  # the last response's header block
-    lines = head.decode("latin-1").split("\r\n")
-    headers = {}
-    for line in lines[1:]:
-        name, _, value = line.partition(":")
-        headers[name.strip().lower()] = value.strip()
-    return int(lines[0].split()[1]), headers, body, lines[0]
 
 
 @pytest.fixture
@@ -92,6 +83,7 @@ async def test_gzip_and_identity_have_their_own_etags(server: Server, export: st
     assert refused["etag"] == identity["etag"]
 
 
+@pytest.mark.slow  # waits half a second for a body that must not come
 @pytest.mark.parametrize("encoding", ENCODINGS)
 async def test_head_has_the_headers_and_no_body(server: Server, export: str, encoding: str) -> None:
     url = f"{server.url}/exports/{export}/download"
@@ -116,6 +108,9 @@ async def test_head_has_the_headers_and_no_body(server: Server, export: str, enc
     assert received.endswith(b"\r\n\r\n") and received.count(b"\r\n\r\n") == 1
 
 
+# Each rule of Range is pinned by tests/test_ranges.py (fast, no I/O); these check the same
+# on the wire, and run in the full suite only, like the malformed ones below.
+@pytest.mark.slow
 @pytest.mark.parametrize("encoding", ENCODINGS)
 @pytest.mark.parametrize(
     ("spec", "first", "last"),
@@ -150,6 +145,7 @@ async def test_unsatisfiable_range_is_416(server: Server, export: str, encoding:
     assert headers["content-type"] == "application/problem+json"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("header", ["bytes=abc", "items=0-1", "bytes=5-1", "bytes=0-1,5-9"])
 async def test_malformed_or_multiple_ranges_get_the_whole_file(
     server: Server, export: str, header: str
@@ -182,7 +178,7 @@ async def test_conditionals(server: Server, export: str) -> None:
     assert status == 200
 
 
-async def test_not_ready_and_gone(server: Server, users_lock) -> None:  # type: ignore[no-untyped-def]
+async def test_not_ready_and_gone(server: Server, users_lock: Callable[[], UsersLock]) -> None:
     lock = users_lock()
     export_id = await server.create()
     status, _, _, _ = await curl(f"{server.url}/exports/{export_id}/download")
@@ -194,6 +190,7 @@ async def test_not_ready_and_gone(server: Server, users_lock) -> None:  # type: 
     assert headers["content-type"] == "application/problem+json"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("encoding", ENCODINGS)
 async def test_interrupted_download_resumes_byte_identical(
     server: Server, tmp_path: Path, encoding: str
@@ -254,10 +251,7 @@ def rss_bytes() -> int:
         return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
-def open_fds() -> int:
-    return len(os.listdir("/proc/self/fd"))
-
-
+@pytest.mark.slow
 async def test_slow_client_is_served_to_the_end_with_flat_memory(
     server: Server, tmp_path: Path
 ) -> None:
@@ -288,6 +282,7 @@ async def test_slow_client_is_served_to_the_end_with_flat_memory(
     assert growth < 8_000_000, f"RSS grew by {growth / 1e6:.1f} MB while sending"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("protocol", ["--http1.1", "--http2-prior-knowledge"])
 async def test_vanished_client_leaves_nothing_behind(
     server: Server, tmp_path: Path, protocol: str
@@ -309,20 +304,11 @@ async def test_vanished_client_leaves_nothing_behind(
     assert (await curl("-I", url))[0] == 200  # and the server carries on
 
 
-def count_tasks() -> int:
-    def walk(task: trio.lowlevel.Task) -> int:
-        return 1 + sum(walk(t) for n in task.child_nurseries for t in n.child_tasks)
-
-    root = trio.lowlevel.current_root_task()
-    assert root is not None
-    return walk(root)
-
-
 def test_curl_is_available() -> None:
     assert subprocess.run(["curl", "--version"], capture_output=True).returncode == 0
 
 
-async def test_zero_copy_can_be_switched_off(start_server, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+async def test_zero_copy_can_be_switched_off(start_server: StartServer) -> None:
     """ZERO_COPY=0: HTTP/1.1 downloads take the chunked path, with the same bytes."""
     server = await start_server(zero_copy=False)
     export_id = await completed_export(server, subscription_tier="enterprise")

@@ -17,7 +17,9 @@ from hypothesis import HealthCheck, given, settings
 from schemathesis import GenerationMode
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 
-from bench.common import service
+from tests.support import service
+
+pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 
 EXAMPLES_PER_OPERATION = 40
 

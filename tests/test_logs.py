@@ -1,16 +1,18 @@
-"""Logs (issue 7): a line per job transition and per request, as JSON with LOG_FORMAT=json."""
+"""Logs: a line per job transition and per request, as JSON with LOG_FORMAT=json."""
 
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench.common import service
+import pytest
+
 from exporter.jobs import SHUTDOWN_ERROR
-from tests.conftest import UsersLock, backends
+from tests.support import UsersLock, service, wait_until_blocked_sync
+
+pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 
 
 def run_service_and_log(
@@ -23,13 +25,12 @@ def run_service_and_log(
         open(log_path, "wb") as log,
         service(database, export_dir=tmp_path / "exports", stderr=log, **env) as app,
     ):
-        _, done = app.export({"country_code": "GB"})
+        done = app.export({"country_code": "GB"})
         identity = {"Accept-Encoding": "identity"}
         assert app.client.get(f"/exports/{done}/download", headers=identity).status_code == 200
         users_lock()
         stopped = app.client.post("/exports/csv").json()["exportId"]
-        while not backends(database, stopped):  # its query is running: stop the service now
-            time.sleep(0.02)
+        wait_until_blocked_sync(database, stopped)  # its query waits: stop the service now
     return log_path.read_text(), done, stopped
 
 

@@ -1,4 +1,4 @@
-"""GET /metrics (issue 7): scraped as Prometheus would, after real work."""
+"""GET /metrics: scraped as Prometheus would, after real work."""
 
 from __future__ import annotations
 
@@ -7,8 +7,7 @@ from collections.abc import Callable
 import trio
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import Server, StartServer, UsersLock, wait_until_blocked
-from tests.test_download import curl
+from tests.support import Server, StartServer, UsersLock, curl, wait_until_blocked
 
 
 async def scrape(server: Server) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:

@@ -9,9 +9,9 @@ from typing import Any
 import jsonschema
 from openapi_spec_validator import validate
 
-from exporter.api import create_app
+from exporter.app import create_app
 from exporter.config import Settings
-from tests.conftest import Server
+from tests.support import Server
 
 
 def schema_of(document: dict[str, Any], name: str) -> jsonschema.Draft202012Validator:
@@ -43,7 +43,7 @@ def test_paths_and_methods_match_the_routes() -> None:
     }
     # Quart answers HEAD for every GET route on its own; only the download documents it.
     routes = {(p, m) for p, m in routes if m != "head" or p.endswith("/download")}
-    routes.add(("/health", "get"))  # answered ahead of Quart, by api.health_fast_path
+    routes.add(("/health", "get"))  # answered ahead of Quart, by app.health_fast_path
     assert routes == documented
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import psycopg
 
 from exporter.jobs import RESTART_ERROR
-from tests.conftest import StartServer, UsersLock, wait_until_blocked
+from tests.support import StartServer, UsersLock, wait_until_blocked
 
 
 async def test_second_export_waits_pending_then_runs(

@@ -1,4 +1,4 @@
-"""Every parameter rule of SPEC §3, on the pure validator."""
+"""Every rule for the export parameters (README.md's API table), on the pure validator."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
-"""Bad input and safety (issue 6): injection, traversal, oversized and non-UTF-8 input,
-the optional bearer token, expiry of old files, CSV formula injection."""
+"""Bad input and safety: injection, traversal, oversized and non-UTF-8 input, the optional
+bearer token, expiry of old files, CSV formula injection."""
 
 from __future__ import annotations
 
@@ -7,19 +7,15 @@ import contextlib
 import csv
 import io
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import httpx
 import psycopg
 import pytest
 import trio
 
-from exporter.config import ROW_SOURCES
 from exporter.request import ExportRequest
-from tests.conftest import Server, StartServer
-from tests.test_download import curl
-
-Oracle = Callable[[ExportRequest], bytes]
+from tests.support import ROW_SOURCE_PARAMS, Oracle, Server, StartServer, curl
 
 
 def table_counts(database: str) -> tuple[int, int]:
@@ -174,6 +170,7 @@ async def test_api_token_guards_every_exports_route(start_server: StartServer) -
 # -- files expire ---------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # waits for the files to expire
 async def test_expired_files_are_removed_and_gone(start_server: StartServer) -> None:
     server = await start_server(export_ttl=1.0, janitor_interval=0.2)
     export_id = await server.create(country_code="NZ")
@@ -223,7 +220,7 @@ def hostile_users(database: str) -> Iterator[None]:
 
 
 @pytest.mark.usefixtures("hostile_users")
-@pytest.mark.parametrize("row_source", ROW_SOURCES)
+@pytest.mark.parametrize("row_source", ROW_SOURCE_PARAMS)
 async def test_neutralize_formulas(
     start_server: StartServer, oracle: Oracle, row_source: str
 ) -> None:

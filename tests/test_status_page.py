@@ -1,5 +1,5 @@
-"""The status page at ``/`` (issue 7), in a real headless browser: Debian's chromium driven
-through chromedriver (selenium), against ``exporter serve`` as its own process."""
+"""The status page at ``/``, in a real headless browser: Debian's chromium driven through
+chromedriver (selenium), against ``exporter serve`` as its own process."""
 
 from __future__ import annotations
 
@@ -15,8 +15,14 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support.ui import WebDriverWait
 
-from bench.common import service
 from exporter.request import ExportRequest
+from tests.support import GatedDatabase, Gates, service
+
+pytestmark = [pytest.mark.browser, pytest.mark.e2e, pytest.mark.slow]
+
+# Where the gated database stops the export: reading 5,000 rows a batch, after 10,000 of
+# its 30,000 rows.
+GATE = 10_001
 
 
 @pytest.fixture
@@ -45,18 +51,20 @@ def text_of(driver: WebDriver, export_id: str, cell: str) -> str:
 
 def test_start_watch_download_and_cancel_in_a_browser(
     browser: tuple[WebDriver, Path],
-    database: str,
+    gated_database: GatedDatabase,
+    gates: Gates,
     tmp_path: Path,
-    oracle: Callable[[ExportRequest], bytes],
 ) -> None:
     driver, downloads = browser
-    # Small fetches: the 150k-row export takes a few seconds, so progress can be watched.
-    with service(database, export_dir=tmp_path / "exports", BATCH_ROWS="200") as app:
+    # The export stops a third of the way through (at a row of the gated database) until
+    # the page has shown it there: its progress is watched live whatever the machine's speed.
+    with service(gated_database.url, export_dir=tmp_path / "exports", BATCH_ROWS="5000") as app:
         driver.get(f"{app.url}/")
         assert driver.title == "exporter"
-        # The session's database holds other tests' exports too: find the new row.
+        # The database may hold other tests' exports too: find the new row.
         listed = app.client.get("/exports?limit=100").json()["exports"]
         earlier = {doc["exportId"] for doc in listed}
+        gates.hold(GATE)
         driver.find_element(By.ID, "columns").send_keys("id,name,email")
         driver.find_element(By.ID, "start").click()
         wait = WebDriverWait(driver, 60, poll_frequency=0.05)
@@ -71,18 +79,23 @@ def test_start_watch_download_and_cancel_in_a_browser(
 
         seen: list[int] = []  # the progress bar's values while the browser follows the stream
 
-        def completed(d: WebDriver) -> bool:
-            # Both read in one script: the page cannot update between them.
-            value, status = d.execute_script(
-                "const row = document.querySelector(`tr[data-id='${arguments[0]}']`);"
-                "return [row.querySelector('progress').value,"
-                " row.querySelector('[data-cell=status]').textContent];",
-                export_id,
-            )
-            seen.append(round(float(value)))
-            return bool(status == "completed")
+        def status_is(wanted: str) -> Callable[[WebDriver], bool]:
+            def check(d: WebDriver) -> bool:
+                # Both read in one script: the page cannot update between them.
+                value, status = d.execute_script(
+                    "const row = document.querySelector(`tr[data-id='${arguments[0]}']`);"
+                    "return [row.querySelector('progress').value,"
+                    " row.querySelector('[data-cell=status]').textContent];",
+                    export_id,
+                )
+                seen.append(round(float(value)))
+                return bool(status == wanted) and (wanted != "processing" or 0 < seen[-1] < 100)
 
-        wait.until(completed)
+            return check
+
+        wait.until(status_is("processing"))  # held part-way, and shown so
+        gates.release(GATE)
+        wait.until(status_is("completed"))
         assert seen[-1] == 100 and text_of(driver, export_id, "pct") == "100%"
         assert any(0 < value < 100 for value in seen), seen  # it moved, live
         assert seen == sorted(seen)
@@ -96,7 +109,8 @@ def test_start_watch_download_and_cancel_in_a_browser(
         while not target.exists() or list(downloads.glob("*.crdownload")):
             assert time.monotonic() < deadline, list(downloads.iterdir())
             time.sleep(0.1)
-        assert target.read_bytes() == oracle(ExportRequest(columns=("id", "name", "email")))
+        expected = gated_database.oracle(ExportRequest(columns=("id", "name", "email")))
+        assert target.read_bytes() == expected
 
         # Cancel: the completed export's file is withdrawn.
         button = f'tr[data-id="{export_id}"] [data-cell="cancel"]'

@@ -1,7 +1,8 @@
 """The command-line client: start an export, watch it, download it, resume a download.
 
-Used by ``exporter export``, ``exporter status`` and ``exporter cancel`` (exporter/cli.py).
-It talks to the service over HTTP only (httpx), as any user's script would.
+Used by ``exporter export``, ``exporter status`` and ``exporter cancel``
+(``exporter.client.commands``). It talks to the service over HTTP only (httpx), as any
+user's script would.
 
 A download goes to ``FILE.part`` beside a small record, ``FILE.part.json``, of which
 export and which ETag the bytes belong to. Running the same command again continues
@@ -22,7 +23,8 @@ from typing import Any
 
 import httpx
 
-ENDED = ("completed", "failed", "cancelled", "expired")
+from exporter.states import FINAL_STATUSES
+
 CHUNK = 256 * 1024
 # Exit codes: export ended badly / the request was refused / the service unreachable.
 EXIT_FAILED, EXIT_REFUSED, EXIT_UNREACHABLE, EXIT_INTERRUPTED = 1, 2, 3, 130
@@ -95,7 +97,7 @@ class ExportClient:
                         return doc
             time.sleep(1)
         doc = self.status(export_id)
-        if doc["status"] not in ENDED:
+        if doc["status"] not in FINAL_STATUSES:
             raise ClientError("lost the event stream of the export", EXIT_UNREACHABLE)
         return doc
 

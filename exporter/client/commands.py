@@ -1,7 +1,9 @@
 """``exporter export``, ``exporter status`` and ``exporter cancel``: the client's commands.
 
-Progress bars go to stderr (tqdm), results to stdout; a failure is one line on stderr,
-``exporter: <reason>``, with the exit code of ``client.ClientError``.
+The export options are made from ``exporter.request.PARAMETERS`` (the table the service
+validates with), and so is the request they send. Progress bars go to stderr (tqdm),
+results to stdout; a failure is one line on stderr, ``exporter: <reason>``, with the exit
+code of ``ClientError``.
 """
 
 from __future__ import annotations
@@ -13,9 +15,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from tqdm import tqdm
-
-from exporter.client import (
+from exporter.client.http import (
     EXIT_FAILED,
     EXIT_INTERRUPTED,
     ClientError,
@@ -24,8 +24,11 @@ from exporter.client import (
     remember_export,
     resumable_export,
 )
+from exporter.request import PARAMETERS
+from exporter.states import LIVE_STATUSES, ExportStatus
 
 DEFAULT_URL = "http://127.0.0.1:8080"
+COMMANDS = ("export", "status", "cancel")
 
 
 def add_commands(commands: Any) -> None:
@@ -42,12 +45,7 @@ def add_commands(commands: Any) -> None:
         help="start an export, show its progress, download it (rerun to resume)",
     )
     export.add_argument("-o", "--output", required=True, type=Path, help="file to write")
-    export.add_argument("--country-code")
-    export.add_argument("--tier", dest="subscription_tier")
-    export.add_argument("--columns", help="comma-separated, e.g. id,email")
-    export.add_argument("--delimiter")
-    export.add_argument("--quote-char")
-    export.add_argument("--neutralize-formulas", action="store_true")
+    _add_parameters(export)
     export.add_argument("--gzip", action="store_true", help="download the gzip file as is")
     export.add_argument("--limit-rate", type=int, help="download at most this many bytes/s")
     export.add_argument(
@@ -60,6 +58,32 @@ def add_commands(commands: Any) -> None:
     status.add_argument("--json", action="store_true", help="the whole status document")
     cancel = commands.add_parser("cancel", parents=[common], help="cancel an export")
     cancel.add_argument("export_id")
+
+
+def _add_parameters(export: argparse.ArgumentParser) -> None:
+    """An option for each export parameter: its value, or for a flag its presence."""
+    group = export.add_argument_group("what to export (the service checks these)")
+    for parameter in PARAMETERS:
+        names = (parameter.option, *parameter.aliases)
+        text = parameter.description.replace("%", "%%")  # argparse formats help with %
+        if parameter.flag:
+            group.add_argument(*names, dest=parameter.field, action="store_true", help=text)
+        else:
+            choices = parameter.query_schema.get("enum")
+            metavar = "{" + ",".join(choices) + "}" if choices else None
+            group.add_argument(*names, dest=parameter.field, metavar=metavar, help=text)
+
+
+def export_params(args: argparse.Namespace) -> dict[str, str]:
+    """The request's parameters by their names on the wire; a flag given is sent as true."""
+    params: dict[str, str] = {}
+    for parameter in PARAMETERS:
+        value = getattr(args, parameter.field)
+        if parameter.flag and value:
+            params[parameter.name] = "true"
+        elif not parameter.flag and value is not None:
+            params[parameter.name] = value
+    return params
 
 
 def run(args: argparse.Namespace) -> int:
@@ -90,27 +114,19 @@ def _summary(doc: dict[str, Any]) -> str:
     return f"{line}: {doc['error']}" if doc.get("error") else line
 
 
-def _params(args: argparse.Namespace) -> dict[str, str]:
-    params = {
-        "country_code": args.country_code,
-        "subscription_tier": args.subscription_tier,
-        "columns": args.columns,
-        "delimiter": args.delimiter,
-        "quoteChar": args.quote_char,
-        "neutralizeFormulas": "true" if args.neutralize_formulas else None,
-    }
-    return {name: value for name, value in params.items() if value is not None}
-
-
 def _export(client: ExportClient, args: argparse.Namespace) -> int:
+    from tqdm import tqdm  # here: status and cancel start without it
+
     target: Path = args.output
-    params = _params(args)
+    params = export_params(args)
     export_id = resumable_export(target, args.url, params, args.gzip)
     if export_id is not None:
         try:
-            usable = client.status(export_id)["status"] not in ("failed", "cancelled", "expired")
+            status = client.status(export_id)["status"]
         except ClientError:
-            usable = False
+            status = None
+        # Still going, or done: its file is the one the part was downloaded from.
+        usable = status in LIVE_STATUSES or status == ExportStatus.COMPLETED
         if usable:
             print(f"exporter: continuing export {export_id}", file=sys.stderr)
         else:
@@ -122,7 +138,7 @@ def _export(client: ExportClient, args: argparse.Namespace) -> int:
         print(f"exporter: started export {export_id}", file=sys.stderr)
     try:
         final = _watch(client, export_id)
-        if final["status"] != "completed":
+        if final["status"] != ExportStatus.COMPLETED:
             forget_export(target)
             reason = final.get("error") or "no reason given"
             raise ClientError(f"export {export_id} {final['status']}: {reason}", EXIT_FAILED)
@@ -143,6 +159,8 @@ def _export(client: ExportClient, args: argparse.Namespace) -> int:
 
 
 def _watch(client: ExportClient, export_id: str) -> dict[str, Any]:
+    from tqdm import tqdm
+
     with tqdm(unit=" rows", unit_scale=True, desc="exporting") as bar:
 
         def on_progress(doc: dict[str, Any]) -> None:

@@ -1,0 +1,171 @@
+"""Where export files live: the export store's layout, and the one place that names it.
+
+An export writes two files, the CSV and (optionally) its gzip copy, through ``Sink``s: each
+collects its bytes out of sight and makes them visible under the final name only on
+``commit``, so a finished file is never partial and a failed one leaves nothing. Downloads
+open the finished files; removal, expiry and start-up clean-up go through here too.
+
+``ExportStorage`` is the interface a store implements; ``FolderStorage`` keeps the files
+in a folder (``EXPORT_DIR``)::
+
+    <id>.csv            the finished CSV
+    <id>.csv.gz         its gzip copy
+    <id>.csv.part       the CSV being written (likewise <id>.csv.gz.part)
+
+Any other file in the folder is not ours and is never touched. Every method blocks (disk
+I/O): callers run them in a worker thread.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import uuid
+from collections.abc import Container
+from pathlib import Path
+from typing import BinaryIO, Protocol
+
+from exporter.ranges import make_etag
+
+_EXPORT_FILE = re.compile(
+    r"^(?P<id>[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})"
+    r"\.csv(?:\.gz)?(?P<part>\.part)?$"
+)
+
+
+class Sink(Protocol):
+    """One export file being written. Called from one worker thread at a time."""
+
+    def open(self) -> None: ...
+
+    def write(self, data: bytes) -> None: ...
+
+    def commit(self) -> int:
+        """Make the file durable and visible under its final name; returns its size."""
+        ...
+
+    def discard(self) -> None:
+        """Close and remove whatever was written; safe to call at any point, twice too."""
+        ...
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class StoredFile:
+    """A finished export file, open for reading, with what validators are made from."""
+
+    file: BinaryIO
+    size: int
+    mtime: float
+    # A strong ETag (quotes included): another whenever the file is replaced, and another
+    # for the gzip copy than for the CSV.
+    etag: str
+
+
+class ExportStorage(Protocol):
+    def prepare(self) -> None:
+        """Make the store ready to take files (create the folder, check the bucket)."""
+        ...
+
+    def sink(self, export_id: uuid.UUID, *, gzip: bool = False) -> Sink:
+        """Where the export's CSV (or its gzip copy) is written."""
+        ...
+
+    def open_finished(self, export_id: uuid.UUID, *, gzip: bool = False) -> StoredFile | None:
+        """The finished file opened for reading, or None if there is none."""
+        ...
+
+    def remove(self, export_id: uuid.UUID) -> None:
+        """Remove every file of the export, finished or partial."""
+        ...
+
+    def remove_orphans(self, keep: Container[uuid.UUID]) -> list[str]:
+        """Remove files of exports not in ``keep``, and every partial file; their names."""
+        ...
+
+
+class PartFile:
+    """A file written as ``<final>.part`` and renamed into place only by ``commit``."""
+
+    def __init__(self, final: Path) -> None:
+        self.final = final
+        self.part = final.with_name(final.name + ".part")
+        self._file: BinaryIO | None = None
+
+    def open(self) -> None:
+        # "x": never write over a file that is already there.
+        self._file = open(self.part, "xb")  # noqa: SIM115 - closed by commit() or discard()
+
+    def write(self, data: bytes) -> None:
+        assert self._file is not None, "write before open"
+        self._file.write(data)
+
+    def commit(self) -> int:
+        """Flush, fsync, rename into place and fsync the folder; returns the final size."""
+        assert self._file is not None, "commit before open"
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        self._file.close()
+        os.replace(self.part, self.final)
+        _fsync_dir(self.final.parent)
+        return self.final.stat().st_size
+
+    def discard(self) -> None:
+        if self._file is not None:
+            self._file.close()
+        self.part.unlink(missing_ok=True)
+
+
+def _fsync_dir(path: Path) -> None:
+    """Make a rename in ``path`` durable: without it a crash may forget the new name."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class FolderStorage:
+    """Export files in one folder of the local (or a shared) filesystem."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def path(self, export_id: uuid.UUID, *, gzip: bool = False) -> Path:
+        return self.root / f"{export_id}.csv{'.gz' if gzip else ''}"
+
+    def prepare(self) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    def sink(self, export_id: uuid.UUID, *, gzip: bool = False) -> PartFile:
+        return PartFile(self.path(export_id, gzip=gzip))
+
+    def open_finished(self, export_id: uuid.UUID, *, gzip: bool = False) -> StoredFile | None:
+        try:
+            file = open(self.path(export_id, gzip=gzip), "rb", buffering=0)  # noqa: SIM115
+        except FileNotFoundError:
+            return None
+        try:
+            stat = os.fstat(file.fileno())
+        except BaseException:
+            file.close()
+            raise
+        etag = make_etag(stat.st_size, stat.st_mtime_ns, stat.st_ino, "-gz" if gzip else "")
+        return StoredFile(file, stat.st_size, stat.st_mtime, etag)
+
+    def remove(self, export_id: uuid.UUID) -> None:
+        for gzip in (False, True):
+            final = self.path(export_id, gzip=gzip)
+            final.unlink(missing_ok=True)
+            final.with_name(final.name + ".part").unlink(missing_ok=True)
+
+    def remove_orphans(self, keep: Container[uuid.UUID]) -> list[str]:
+        removed = []
+        for path in self.root.iterdir():
+            match = _EXPORT_FILE.match(path.name)
+            if match is None:
+                continue  # not ours: never delete what we did not write
+            if match["part"] or uuid.UUID(match["id"]) not in keep:
+                path.unlink(missing_ok=True)
+                removed.append(path.name)
+        return removed

@@ -1,0 +1,348 @@
+"""Helpers that several test modules share (fixtures are in conftest.py, which uses these).
+
+- the test database: its size, PostgreSQL's own COPY of an export (the oracle), the
+  export's sessions in ``pg_stat_activity``;
+- holding an export inside PostgreSQL for as long as a test needs: a lock on the whole
+  ``users`` table (the export waits before its first row), or a gate at one row of the
+  gated database (the export waits half-way, with rows written);
+- a server in this process (``Server``) or ``exporter serve`` as its own process
+  (``service``);
+- curl, and counts of this process's open files and trio tasks.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import trio_asyncio  # noqa: F401  (before psycopg: see exporter/store.py)
+import httpx
+import psycopg
+import pytest
+import trio
+from psycopg.conninfo import make_conninfo
+
+from exporter.config import ROW_SOURCES, Settings
+from exporter.query import copy_statement
+from exporter.request import ExportRequest
+
+ROOT = Path(__file__).resolve().parent.parent
+SEED_ROWS = int(os.environ.get("TEST_SEED_ROWS", "150000"))
+
+Oracle = Callable[[ExportRequest], bytes]
+
+# The row sources as a test parameter: the default one (``cursor``) in the fast suite, every
+# other one in the full suite only (marked slow).
+ROW_SOURCE_PARAMS = [
+    ROW_SOURCES[0],
+    *(pytest.param(source, marks=pytest.mark.slow) for source in ROW_SOURCES[1:]),
+]
+
+
+def copy_oracle(conninfo: str, request: ExportRequest) -> bytes:
+    """What PostgreSQL's own COPY writes for the export's SELECT: the bytes every export
+    file must equal."""
+    statement, params = copy_statement(request)
+    out = bytearray()
+    with (
+        psycopg.connect(conninfo, options="-c TimeZone=UTC -c DateStyle=ISO,MDY") as conn,
+        conn.cursor().copy(statement, params) as copy,
+    ):
+        for chunk in copy:
+            out += chunk
+    return bytes(out)
+
+
+# -- the export's database sessions ----------------------------------------------------------
+
+
+def backends(conninfo: str, export_id: str) -> list[tuple[Any, ...]]:
+    """The export's database sessions still alive (pg_stat_activity)."""
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        return conn.execute(
+            "SELECT pid, state, query FROM pg_stat_activity WHERE application_name = %s",
+            (f"exporter {export_id}",),
+        ).fetchall()
+
+
+def is_blocked(conninfo: str, export_id: str) -> bool:
+    """Whether the export's backend is waiting for a lock (a table lock or a row gate)."""
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        row = conn.execute(
+            "SELECT 1 FROM pg_stat_activity"
+            " WHERE application_name = %s AND wait_event_type = 'Lock'",
+            (f"exporter {export_id}",),
+        ).fetchone()
+    return row is not None
+
+
+async def wait_until_blocked(conninfo: str, export_id: str, timeout: float = 10.0) -> None:
+    """Wait until the export's backend is waiting for a lock."""
+    with trio.fail_after(timeout):
+        while not is_blocked(conninfo, export_id):
+            await trio.sleep(0.02)
+
+
+def wait_until_blocked_sync(conninfo: str, export_id: str, timeout: float = 10.0) -> None:
+    """``wait_until_blocked`` for tests that drive a separate process synchronously."""
+    deadline = time.monotonic() + timeout
+    while not is_blocked(conninfo, export_id):
+        assert time.monotonic() < deadline, f"export {export_id} never waited for a lock"
+        time.sleep(0.02)
+
+
+async def wait_for_no_backend(conninfo: str, export_id: str, timeout: float = 1.0) -> None:
+    """The export's session must be gone from pg_stat_activity within ``timeout``."""
+    with trio.fail_after(timeout):
+        while backends(conninfo, export_id):
+            await trio.sleep(0.02)
+
+
+# -- holding an export inside PostgreSQL ------------------------------------------------------
+
+
+class UsersLock:
+    """Holds ACCESS EXCLUSIVE on users from another session: a real way to make an
+    export's query block inside PostgreSQL, before its first row, for as long as a test
+    needs."""
+
+    def __init__(self, conninfo: str) -> None:
+        self.conn = psycopg.connect(conninfo)
+        self.conn.execute("LOCK TABLE users IN ACCESS EXCLUSIVE MODE")
+
+    def release(self) -> None:
+        if not self.conn.closed:
+            self.conn.rollback()
+            self.conn.close()
+
+
+# The gated database: a database of its own, with GATED_ROWS users, that the service reaches
+# as the role owning its tables. A row-level security policy, forced on that owner, passes
+# every row the export reads through gate(id); at every GATE_EVERY-th id (1001, 2001, ...)
+# the gate takes a shared advisory lock keyed by the id. A test holding that key exclusively
+# (Gates.hold) stops every export of the gated database at that row: the rows before it have
+# been fetched and written, the next FETCH waits inside PostgreSQL (wait_event_type 'Lock')
+# until the test lets go. Exports read in id order through the primary key (the database
+# has enable_sort off), so "before" means lower ids. The test's own sessions are superuser
+# ones, which row-level security does not apply to: its COPY oracle is never held.
+GATED_DB = "exporter_gated"
+GATED_ROLE = "exporter_gated"
+GATED_ROWS = 30_000
+GATE_EVERY = 1000
+GATE_CLASS = 7357  # the first half of the advisory lock key; the row id is the second
+
+GATED_SETUP = f"""
+CREATE FUNCTION exporter_test_gate(row_id integer) RETURNS boolean
+LANGUAGE plpgsql VOLATILE AS $$
+BEGIN
+    IF row_id % {GATE_EVERY} = 1 AND row_id > 1 THEN
+        PERFORM pg_advisory_xact_lock_shared({GATE_CLASS}, row_id);
+    END IF;
+    RETURN true;
+END
+$$;
+ALTER TABLE users ENABLE ROW LEVEL SECURITY;
+ALTER TABLE users FORCE ROW LEVEL SECURITY;
+-- IS NOT NULL: the planner then counts on nearly every row passing (a bare boolean
+-- function would make it guess a third), so totalRows stays a fair estimate.
+CREATE POLICY gate ON users USING (exporter_test_gate(id) IS NOT NULL);
+"""
+
+
+def gated_conninfo(conninfo: str, password: str) -> str:
+    """The gated database as the service reaches it: as the role its policy applies to."""
+    return make_conninfo(conninfo, dbname=GATED_DB, user=GATED_ROLE, password=password)
+
+
+def gated_admin_conninfo(conninfo: str) -> str:
+    """The gated database as the test's superuser: every row, no gate."""
+    return make_conninfo(conninfo, dbname=GATED_DB)
+
+
+@dataclasses.dataclass
+class GatedDatabase:
+    url: str  # the service's conninfo (through the gates)
+    admin_url: str  # the test's conninfo (around them): oracle, pg_stat_activity
+
+    def oracle(self, request: ExportRequest) -> bytes:
+        return copy_oracle(self.admin_url, request)
+
+
+class Gates:
+    """Holds row gates of the gated database (see GATED_SETUP): ``hold(n)`` makes every
+    export of it wait when it reaches row ``n`` (an id ≡ 1 modulo GATE_EVERY), having
+    written every batch before it; ``release(n)`` lets them go on."""
+
+    def __init__(self, admin_url: str) -> None:
+        self.conn = psycopg.connect(admin_url, autocommit=True)
+        # An export of an earlier test may still hold the gate shared, for a moment.
+        self.conn.execute("SET lock_timeout = '10s'")
+        self.held: set[int] = set()
+
+    def hold(self, row_id: int) -> None:
+        assert row_id % GATE_EVERY == 1 and 1 < row_id <= GATED_ROWS, row_id
+        self.conn.execute("SELECT pg_advisory_lock(%s, %s)", (GATE_CLASS, row_id))
+        self.held.add(row_id)
+
+    def release(self, row_id: int) -> None:
+        self.conn.execute("SELECT pg_advisory_unlock(%s, %s)", (GATE_CLASS, row_id))
+        self.held.discard(row_id)
+
+    def close(self) -> None:
+        if not self.conn.closed:
+            self.conn.close()  # ends the session: every gate still held opens
+
+
+def rows_before_gate(row_id: int, batch_rows: int) -> int:
+    """The rows an export reading ``batch_rows`` at a time has written when it waits at the
+    gate of ``row_id``: every whole batch before the one holding that row."""
+    return (row_id - 1) // batch_rows * batch_rows
+
+
+# -- the service --------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class Server:
+    """A server started in this test's process (the ``start_server`` fixture)."""
+
+    url: str
+    settings: Settings
+    client: httpx.AsyncClient
+
+    async def create(self, **params: str) -> str:
+        """POST an export; returns its id."""
+        response = await self.client.post("/exports/csv", params=params)
+        assert response.status_code == 202, response.text
+        return str(response.json()["exportId"])
+
+    async def status(self, export_id: str) -> dict[str, Any]:
+        response = await self.client.get(f"/exports/{export_id}/status")
+        assert response.status_code == 200, response.text
+        return dict(response.json())
+
+    async def wait_for(
+        self, export_id: str, *statuses: str, timeout: float = 30.0
+    ) -> dict[str, Any]:
+        with trio.fail_after(timeout):
+            while True:
+                doc = await self.status(export_id)
+                if doc["status"] in statuses:
+                    return doc
+                await trio.sleep(0.02)
+
+
+StartServer = Callable[..., Awaitable[Server]]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclasses.dataclass
+class Service:
+    """``exporter serve`` running as its own process (``service``)."""
+
+    url: str
+    process: subprocess.Popen[bytes]
+    client: httpx.Client
+
+    def wait_for(self, export_id: str, *statuses: str, timeout: float = 60.0) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while True:
+            doc = dict(self.client.get(f"/exports/{export_id}/status").json())
+            if doc["status"] in statuses:
+                return doc
+            assert time.monotonic() < deadline, doc
+            time.sleep(0.05)
+
+    def export(self, params: dict[str, str]) -> str:
+        """POST an export and wait for it to complete; returns its id."""
+        response = self.client.post("/exports/csv", params=params)
+        assert response.status_code == 202, response.text
+        export_id = str(response.json()["exportId"])
+        doc = self.wait_for(export_id, "completed", "failed", "cancelled")
+        assert doc["status"] == "completed", doc
+        return export_id
+
+
+@contextlib.contextmanager
+def service(
+    conninfo: str, export_dir: Path, stderr: Any = subprocess.DEVNULL, **env: str
+) -> Iterator[Service]:
+    """``exporter serve`` as its own process, as in production, on a free port of
+    loopback, ready (its database up) when the block starts; stopped by SIGTERM at the
+    end unless the test stopped it already."""
+    port = free_port()
+    environment = {
+        **os.environ,
+        "DATABASE_URL": conninfo,
+        "EXPORT_DIR": str(export_dir),
+        "BIND": f"127.0.0.1:{port}",
+        **env,
+    }
+    process = subprocess.Popen(
+        [sys.executable, "-m", "exporter", "serve"], env=environment, stderr=stderr
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        with httpx.Client(base_url=url, timeout=60) as client:
+            deadline = time.monotonic() + 30
+            while True:
+                assert process.poll() is None, f"exporter serve exited ({process.returncode})"
+                with contextlib.suppress(httpx.TransportError):
+                    if client.get("/ready").status_code == 200:  # recovered, database up
+                        break
+                assert time.monotonic() < deadline, "exporter serve never became ready"
+                time.sleep(0.1)
+            yield Service(url, process, client)
+    finally:
+        if process.poll() is None:
+            process.terminate()
+            process.wait(60)
+
+
+# -- clients and this process's resources ---------------------------------------------------
+
+
+async def curl(*args: str) -> tuple[int, dict[str, str], bytes, str]:
+    """Run curl; returns (status, headers, body, status line). ``-I`` for HEAD."""
+    result = await trio.run_process(
+        ["curl", "-s", "-S", "-D", "/dev/stderr", "-o", "-", *args],
+        capture_stdout=True,
+        capture_stderr=True,
+    )
+    body = b"" if "-I" in args else result.stdout
+    head = result.stderr.split(b"\r\n\r\n")[-2]  # the last response's header block
+    lines = head.decode("latin-1").split("\r\n")
+    headers = {}
+    for line in lines[1:]:
+        name, _, value = line.partition(":")
+        headers[name.strip().lower()] = value.strip()
+    return int(lines[0].split()[1]), headers, body, lines[0]
+
+
+def open_fds() -> int:
+    """File descriptors open in this process (the in-process server's sockets and files)."""
+    return len(os.listdir("/proc/self/fd"))
+
+
+def count_tasks() -> int:
+    """trio tasks alive in this process (the in-process server's included)."""
+
+    def walk(task: trio.lowlevel.Task) -> int:
+        return 1 + sum(walk(t) for n in task.child_nurseries for t in n.child_tasks)
+
+    root = trio.lowlevel.current_root_task()
+    assert root is not None
+    return walk(root)
