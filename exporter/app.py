@@ -28,6 +28,7 @@ from exporter.problems import problem, retry_later, validation_problem
 from exporter.request import RequestInvalid
 from exporter.storage import FolderStorage
 from exporter.store import JobStore, StoreUnavailable
+from exporter.supervisor import supervise
 
 log = logging.getLogger(__name__)
 
@@ -46,8 +47,11 @@ def create_app(settings: Settings, conninfo: str) -> QuartTrio:
     # a few seconds, before the store closes.
     app.config["BACKGROUND_TASK_SHUTDOWN_TIMEOUT"] = None
     app.url_map.converters["export_id"] = ExportIdConverter
-    jobs = JobManager(settings, conninfo, JobStore(conninfo), FolderStorage(settings.export_dir))
-    metrics = jobs.metrics = Metrics(jobs.counts)
+    # With workers, they run the exports: this process serves the API only.
+    job_settings = settings.replace(max_concurrent_exports=0) if settings.workers else settings
+    storage = FolderStorage(settings.export_dir)
+    jobs = JobManager(job_settings, conninfo, JobStore(conninfo), storage)
+    metrics = jobs.metrics = Metrics(jobs.counts, jobs.global_counts)
     app.extensions["exporter"] = Services(settings, jobs, metrics)
     app.register_blueprint(routes)
     _add_error_handlers(app)
@@ -57,6 +61,8 @@ def create_app(settings: Settings, conninfo: str) -> QuartTrio:
     @app.before_serving
     async def start_jobs() -> None:
         await app.nursery.start(jobs.run)
+        for index in range(settings.workers):
+            app.nursery.start_soon(supervise, index, settings, name=f"worker {index}")
 
     app.asgi_app = health_fast_path(app.asgi_app, jobs, metrics)  # type: ignore[method-assign,assignment]
     return app

@@ -71,10 +71,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     serve.add_argument("--bind", help="HOST:PORT to listen on (default: BIND or 127.0.0.1:8080)")
     serve.add_argument(
+        "--workers",
+        type=_rows,
+        help="run the exports in this many worker processes, the API alone here"
+        " (default: WORKERS or 0, exports in this process)",
+    )
+    serve.add_argument(
         "--seed-rows",
         type=_rows,
         help=f"fill users up to this many rows first (embedded default {DEFAULT_SEED_ROWS:,};"
         " with DATABASE_URL nothing is seeded unless asked)",
+    )
+    worker = commands.add_parser(
+        "worker", help="run exports from the shared queue only (no API), until SIGTERM"
+    )
+    worker.add_argument(
+        "--bind", help="HOST:PORT to answer /health and /metrics on (default: none)"
     )
     seed = commands.add_parser("seed", help="fill the users table up to --rows rows")
     seed.add_argument("--rows", type=_rows, default=DEFAULT_SEED_ROWS)
@@ -102,6 +114,16 @@ def _serve_or_seed(parser: argparse.ArgumentParser, args: argparse.Namespace) ->
     configure_logging(settings.log_format)
     if args.command == "serve" and args.bind:
         settings = settings.replace(bind=args.bind)
+    if args.command == "serve" and args.workers is not None:
+        settings = settings.replace(workers=args.workers)
+    if args.command == "worker":
+        from exporter.worker import run_worker
+
+        with database(settings) as conninfo:
+            apply_schema(conninfo, "schema")
+            limit_malloc_arenas()
+            trio.run(run_worker, settings, conninfo, args.bind)
+        return 0
 
     with database(settings) as conninfo:
         apply_schema(conninfo, "schema")

@@ -28,6 +28,7 @@ class Settings:
     export_dir: Path = Path("exports")
     bind: str = "127.0.0.1:8080"
     embedded_pg_dir: Path = Path(".pgdata")
+    # Exports this process runs at once; 0: none (an API process beside workers).
     max_concurrent_exports: int = 2
     max_queued_exports: int = 100
     # Rows per FETCH from the server-side cursor, and batches the channel holds between the
@@ -54,6 +55,17 @@ class Settings:
     log_format: str = "text"
     # How often a running job's progress is written to export_jobs (seconds).
     progress_interval: float = 0.5
+    # Worker processes `exporter serve` starts and supervises (0: it runs exports itself).
+    workers: int = 0
+    # How long a running job's owner holds it without renewing; after that, any process
+    # may take it over and continue it from its last checkpoint.
+    lease_seconds: float = 15.0
+    # Starts of a job (the first, and one per takeover) before it is failed for good.
+    max_attempts: int = 3
+    # Seconds between a running export's checkpoints (files made durable, position saved).
+    checkpoint_interval: float = 5.0
+    # With --workers: worker i answers /health and /metrics on 127.0.0.1:(this + i).
+    worker_metrics_port: int | None = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -108,7 +120,7 @@ class Settings:
             bind=env.get("BIND") or defaults.bind,
             embedded_pg_dir=Path(env.get("EMBEDDED_PG_DIR") or defaults.embedded_pg_dir),
             max_concurrent_exports=integer(
-                "MAX_CONCURRENT_EXPORTS", defaults.max_concurrent_exports, 1
+                "MAX_CONCURRENT_EXPORTS", defaults.max_concurrent_exports, 0
             ),
             max_queued_exports=integer("MAX_QUEUED_EXPORTS", defaults.max_queued_exports, 0),
             batch_rows=integer("BATCH_ROWS", defaults.batch_rows, 1),
@@ -122,6 +134,11 @@ class Settings:
             api_token=env.get("API_TOKEN") or None,
             log_format=choice("LOG_FORMAT", defaults.log_format, ("text", "json")),
             progress_interval=seconds("PROGRESS_INTERVAL", defaults.progress_interval),
+            workers=integer("WORKERS", defaults.workers, 0),
+            lease_seconds=seconds("LEASE_SECONDS", defaults.lease_seconds),
+            max_attempts=integer("MAX_ATTEMPTS", defaults.max_attempts, 1),
+            checkpoint_interval=seconds("CHECKPOINT_INTERVAL", defaults.checkpoint_interval),
+            worker_metrics_port=integer("WORKER_METRICS_PORT", 0, 1) or None,
         )
 
     def replace(self, **changes: object) -> Settings:

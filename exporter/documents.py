@@ -79,6 +79,10 @@ def status_document(view: JobView) -> dict[str, Any]:
         "completedAt": _iso(record.completed_at),
         "expiresAt": _iso(record.expires_at),
         "statusUrl": status_url(record.id),
+        # Starts so far (the first, and one per takeover after its process died), and the
+        # rows the current start continued after (null: it started from the first row).
+        "attempt": record.attempt,
+        "resumedFromRows": record.resumed_from_rows,
     }
     if record.status == ExportStatus.COMPLETED:
         doc["fileSize"] = record.file_size

@@ -7,6 +7,7 @@ where it happens, in memory: a scrape never touches the database.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -22,8 +23,14 @@ HEALTH_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
 
 
 class Metrics:
-    def __init__(self, counts: Callable[[], dict[str, int]]) -> None:
-        """``counts``: the job manager's running and queued exports, read at each scrape."""
+    def __init__(
+        self,
+        counts: Callable[[], dict[str, int]],
+        global_counts: Callable[[], dict[str, int]] | None = None,
+    ) -> None:
+        """``counts``: this process's running exports and the queue, read at each scrape;
+        ``global_counts``: running and queued in every process sharing the database (the
+        job manager refreshes them every second, so a scrape still reads only memory)."""
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         self.exports = Counter(
@@ -37,10 +44,25 @@ class Metrics:
             buckets=DURATION_BUCKETS,
             registry=r,
         )
-        running = Gauge("exporter_exports_running", "Exports running now", registry=r)
+        running = Gauge(
+            "exporter_exports_running", "Exports running now in this process", registry=r
+        )
         running.set_function(lambda: counts()["running"])
-        queued = Gauge("exporter_exports_queued", "Exports waiting for a slot", registry=r)
+        queued = Gauge(
+            "exporter_exports_queued", "Exports waiting for a slot, in all processes", registry=r
+        )
         queued.set_function(lambda: counts()["queued"])
+        if global_counts is not None:
+            everywhere = Gauge(
+                "exporter_queue_jobs",
+                "Jobs in the shared queue, by status, in all processes together",
+                ["status"],
+                registry=r,
+            )
+            for status in ("running", "queued"):
+                everywhere.labels(status).set_function(
+                    functools.partial(lambda s: global_counts()[s], status)
+                )
         self.served = Counter(
             "exporter_download_bytes",
             "Bytes of export files sent to clients, by how",

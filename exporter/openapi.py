@@ -136,6 +136,18 @@ _SCHEMAS: dict[str, Any] = {
             "fileSize": {"type": "integer", "minimum": 0},
             "downloadUrl": {"type": "string"},
             "queuePosition": {"type": ["integer", "null"], "minimum": 1},
+            "attempt": {
+                "type": "integer",
+                "minimum": 0,
+                "description": "Starts so far: the first, and one per takeover by another "
+                "process after the one running it stopped without handing it back.",
+            },
+            "resumedFromRows": {
+                "type": ["integer", "null"],
+                "minimum": 0,
+                "description": "The rows the current start continued after, from its last "
+                "checkpoint; null when it started from the first row.",
+            },
         },
     },
     "Health": {

@@ -35,7 +35,7 @@ import os
 import threading
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
 import trio_asyncio  # noqa: F401  (before psycopg: see exporter.store)
@@ -48,9 +48,10 @@ from psycopg.types.string import TextLoader
 
 from exporter.copy_source import CopyRows
 from exporter.csvfmt import Dialect, Row, encode_header, encode_rows
-from exporter.query import Select, copy_of, export_select
+from exporter.query import IdRange, Select, copy_of, export_select
 from exporter.request import ExportRequest
-from exporter.storage import ExportStorage, Sink
+from exporter.states import Checkpoint
+from exporter.storage import CannotResume, ExportStorage, Sink
 
 log = logging.getLogger(__name__)
 
@@ -66,8 +67,35 @@ class CopyBlock:
     rows: int
 
 
-# What the channel carries: a cursor's rows, to be encoded, or a block COPY wrote.
+# A cursor's rows, to be encoded, or a block COPY wrote.
 Batch = Sequence[Row] | CopyBlock
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class RangeEnd:
+    """Every row with ``id <= last_id`` has gone before this mark: a checkpoint may go here."""
+
+    last_id: int
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class CheckpointMark:
+    """A checkpoint on its way to the compressor: the CSV part of it is durable already."""
+
+    rows: int
+    last_id: int
+    csv_bytes: int
+
+
+# What the rows channel carries, and what the compressor's channel carries.
+RowItem = Batch | RangeEnd
+CsvItem = bytes | CheckpointMark
+OnCheckpoint = Callable[[Checkpoint], Awaitable[None]]
+
+# Ids per query, in batches: the rows are read in ranges of ids, in order, so that a
+# checkpoint can say "every row up to this id is written" (at the default BATCH_ROWS, 250,000
+# ids: about a second of a full export).
+RANGE_BATCHES = 50
 
 # isal's default level: its best speed for its size here (level 3 halves the speed for
 # a 1% smaller file). wbits 16 + 15: a gzip member with header and trailer.
@@ -132,6 +160,9 @@ class CsvOutput:
         self.sink.write(header)
         return header
 
+    def resume(self, at: int) -> None:
+        self.sink.open(resume_at=at)
+
     def write_boxed(self, box: list[Batch]) -> bytes:
         """Encode (unless COPY did) and write ``box.pop()``; returns the CSV bytes (for the
         gzip copy). The batch is popped here so that it is freed in this worker thread."""
@@ -152,11 +183,19 @@ class GzipOutput:
         self.sink = sink
         self._deflate = isal_zlib.compressobj(GZIP_LEVEL, isal_zlib.DEFLATED, GZIP_WBITS)
 
-    def open(self) -> None:
-        self.sink.open()
+    def open(self, resume_at: int | None = None) -> None:
+        # A resumed copy goes on with a new gzip member after the last whole one.
+        self.sink.open(resume_at)
 
     def write(self, data: bytes) -> None:
         self.sink.write(self._deflate.compress(data))
+
+    def end_member(self) -> int:
+        """End the gzip member here and make the file durable: its bytes so far are a
+        whole (multi-member) gzip file, which a later attempt can continue."""
+        self.sink.write(self._deflate.flush())
+        self._deflate = isal_zlib.compressobj(GZIP_LEVEL, isal_zlib.DEFLATED, GZIP_WBITS)
+        return self.sink.sync()
 
     def commit(self) -> int:
         self.sink.write(self._deflate.flush())
@@ -243,6 +282,8 @@ def open_text_connection(conninfo: str, application_name: str) -> psycopg.Connec
         options="-c TimeZone=UTC -c DateStyle=ISO,MDY -c statement_timeout=0",
         client_encoding="SQL_ASCII",
     )
+    # Every range of ids of the export is read in this one transaction: one snapshot.
+    conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
     encoding = conn.info.parameter_status("server_encoding")
     if encoding != "UTF8":
         conn.close()
@@ -263,72 +304,129 @@ def batch_size(batch: Batch) -> int:
     return batch.rows if isinstance(batch, CopyBlock) else len(batch)
 
 
-async def _open_source(
-    conn: psycopg.Connection[Any],
-    request: ExportRequest,
-    select: Select,
-    row_source: str,
-    batch_rows: int,
-    cancel: Callable[[], None],
-) -> Callable[[], Batch]:
-    """Start the export's query; returns the blocking call that reads its next batch."""
-    query, params = select
-    if row_source == "copy":
-        source = CopyRows(conn, copy_of(query, request, header=False).as_bytes(conn))
-        await run_cancellable(source.start, cancel=cancel)
+def _max_id(conn: psycopg.Connection[Any]) -> int:
+    row = conn.execute("SELECT coalesce(max(id), 0) FROM users").fetchone()
+    assert row is not None
+    return int(row[0])
 
-        def read_block() -> Batch:
-            rows, data = source.read(batch_rows)
-            return CopyBlock(data, rows)
 
-        return read_block
-    cursor = conn.cursor(name="export")
-    await run_cancellable(cursor.execute, query, params, cancel=cancel)
-    return functools.partial(cursor.fetchmany, batch_rows)
+def id_ranges(after: int, last: int, step: int) -> list[IdRange]:
+    """``after < id <= last`` in consecutive ranges of ``step`` ids."""
+    return [IdRange(low, min(low + step, last)) for low in range(after, last, step)]
+
+
+class RowSource:
+    """The export's rows, one range of ids at a time, from a server-side cursor or COPY."""
+
+    def __init__(
+        self,
+        conn: psycopg.Connection[Any],
+        request: ExportRequest,
+        row_source: str,
+        batch_rows: int,
+    ) -> None:
+        self.conn, self.request, self.copy = conn, request, row_source == "copy"
+        self.batch_rows = batch_rows
+        self.cancel = conn.cancel_safe
+        # The cursor's statement is built once; COPY takes no parameters, so its bounds
+        # are written into each range's statement.
+        self.select = export_select(request, ids=IdRange(0, 0))[0]
+        self._cursor: psycopg.ServerCursor[Any] | None = None
+
+    async def open(self, ids: IdRange) -> Callable[[], Batch]:
+        """Start the range's query; returns the blocking call that reads its next batch."""
+        if self.copy:
+            select, _ = export_select(self.request, inline=True, ids=ids)
+            statement = copy_of(select, self.request, header=False).as_bytes(self.conn)
+            source = CopyRows(self.conn, statement)
+            await run_cancellable(source.start, cancel=self.cancel)
+
+            def read_block() -> Batch:
+                rows, data = source.read(self.batch_rows)
+                return CopyBlock(data, rows)
+
+            return read_block
+        if self._cursor is not None:
+            await run_cancellable(self._cursor.close, cancel=self.cancel)
+        params = {**export_select(self.request, ids=ids)[1]}
+        self._cursor = cursor = self.conn.cursor(name="export")
+        await run_cancellable(cursor.execute, self.select, params, cancel=self.cancel)
+        return functools.partial(cursor.fetchmany, self.batch_rows)
 
 
 async def read_batches(
-    fetch: Callable[[], Batch],
-    send_rows: trio.MemorySendChannel[Batch],
+    source: RowSource,
+    ranges: list[IdRange],
+    send_rows: trio.MemorySendChannel[RowItem],
     *,
-    cancel: Callable[[], None],
     progress: Progress,
 ) -> None:
-    """The reader: fetch batches in a worker thread and send them until the rows end.
+    """The reader: for each range of ids, fetch its batches in a worker thread and send
+    them, then a ``RangeEnd``.
 
     ``send`` waits while the channel is full: that wait is the backpressure, and while it
     lasts nothing more is fetched.
     """
     async with send_rows:
-        while True:
-            batch = await run_cancellable(_background(fetch), cancel=cancel)
-            if batch_size(batch) == 0:
-                return
-            progress.batches_fetched += 1
-            await send_rows.send(batch)
-            del batch  # the writer's thread frees it (see write_batches)
+        for ids in ranges:
+            fetch = await source.open(ids)
+            while True:
+                batch = await run_cancellable(_background(fetch), cancel=source.cancel)
+                if batch_size(batch) == 0:
+                    break
+                progress.batches_fetched += 1
+                await send_rows.send(batch)
+                del batch  # the writer's thread frees it (see write_batches)
+            await send_rows.send(RangeEnd(ids.up_to))
+
+
+@dataclasses.dataclass(slots=True)
+class Checkpoints:
+    """When the writer takes a checkpoint (at a ``RangeEnd``, ``interval`` seconds after the
+    last one), and whom it tells once the files are durable up to it."""
+
+    interval: float
+    record: OnCheckpoint | None = None
+    last: float = dataclasses.field(default_factory=time.monotonic)
+
+    def due(self) -> bool:
+        return self.record is not None and time.monotonic() - self.last >= self.interval
 
 
 async def write_batches(
-    receive_rows: trio.MemoryReceiveChannel[Batch],
+    receive_rows: trio.MemoryReceiveChannel[RowItem],
     csv: CsvOutput,
-    send_csv: trio.MemorySendChannel[bytes] | None,
+    send_csv: trio.MemorySendChannel[CsvItem] | None,
+    checkpoints: Checkpoints,
     *,
     progress: Progress,
 ) -> None:
     """The writer: encode and write each batch in a worker thread, then pass the CSV bytes
-    on to the compressor (``send_csv``, if there is a gzip copy)."""
+    on to the compressor (``send_csv``, if there is a gzip copy). At a due checkpoint it
+    makes the CSV durable and passes the mark on (or, without a gzip copy, records it)."""
     async with contextlib.AsyncExitStack() as stack:
         stack.enter_context(receive_rows)
         if send_csv is not None:
             stack.enter_context(send_csv)
-        async for batch in receive_rows:
-            rows = batch_size(batch)
+        async for item in receive_rows:
+            if isinstance(item, RangeEnd):
+                if checkpoints.due():
+                    checkpoints.last = time.monotonic()
+                    csv_bytes = await trio.to_thread.run_sync(csv.sink.sync)
+                    mark = CheckpointMark(progress.processed_rows, item.last_id, csv_bytes)
+                    if send_csv is not None:
+                        await send_csv.send(mark)
+                    elif checkpoints.record is not None:
+                        await checkpoints.record(
+                            Checkpoint(mark.rows, mark.last_id, mark.csv_bytes, 0)
+                        )
+                continue
+            rows = batch_size(item)
             # Handed over in a box that the thread empties, so that the batch's last
             # reference dies there: freeing a cursor batch's ~50,000 objects takes
             # milliseconds, which the event loop would otherwise spend.
-            box = [batch]
-            del batch
+            box = [item]
+            del item
             data = await trio.to_thread.run_sync(_background(csv.write_boxed), box)
             progress.bytes_written += len(data)
             progress.processed_rows += rows
@@ -337,13 +435,20 @@ async def write_batches(
                 await send_csv.send(data)
 
 
-async def compress(receive_csv: trio.MemoryReceiveChannel[bytes], gz: GzipOutput) -> None:
+async def compress(
+    receive_csv: trio.MemoryReceiveChannel[CsvItem], gz: GzipOutput, record: OnCheckpoint | None
+) -> None:
     """The compressor: the gzip copy follows the CSV through a channel of its own, so that
-    compressing runs beside writing instead of after it (and never holds up the reader)."""
-    await trio.to_thread.run_sync(gz.open)
+    compressing runs beside writing instead of after it. At a checkpoint mark it ends the
+    gzip member, makes the copy durable and records the checkpoint."""
     async with receive_csv:
-        async for data in receive_csv:
-            await trio.to_thread.run_sync(_background(gz.write), data)
+        async for item in receive_csv:
+            if isinstance(item, CheckpointMark):
+                gzip_bytes = await trio.to_thread.run_sync(gz.end_member)
+                if record is not None:
+                    await record(Checkpoint(item.rows, item.last_id, item.csv_bytes, gzip_bytes))
+            else:
+                await trio.to_thread.run_sync(_background(gz.write), item)
 
 
 async def export_csv(
@@ -358,6 +463,10 @@ async def export_csv(
     gzip: bool = True,
     row_source: str = "cursor",
     application_name: str = "exporter",
+    resume: Checkpoint | None = None,
+    on_checkpoint: OnCheckpoint | None = None,
+    checkpoint_interval: float = 5.0,
+    keep_partial: bool = False,
 ) -> int:
     """Export ``request`` into ``storage`` as the export ``export_id``; returns the CSV's size.
 
@@ -365,13 +474,15 @@ async def export_csv(
     (PostgreSQL's ``COPY … TO STDOUT`` writes the CSV lines; faster). Both feed the same
     channel and writer, and write the same bytes.
 
-    On any failure or cancellation no file is left behind: neither CSV nor gzip copy,
-    finished or partial.
+    Every ``checkpoint_interval`` seconds (at the end of a range of ids) the files are made
+    durable and ``on_checkpoint`` is told how far; ``resume`` continues from such a
+    checkpoint, after the rows it holds (``CannotResume`` if its files are not there).
+
+    On failure or cancellation the partial files are removed, or, with ``keep_partial``,
+    kept for a later attempt to continue (the caller then decides).
     """
     if request.neutralize_formulas:
         row_source = "cursor"  # COPY's lines would have to be parsed again to change them
-    # COPY cannot take parameters: its SELECT carries the filter values as literals.
-    select = export_select(request, inline=row_source == "copy")
     dialect = Dialect.of(request.delimiter, request.quote_char, request.neutralize_formulas)
     csv = CsvOutput(storage.sink(export_id), dialect)
     gz = GzipOutput(storage.sink(export_id, gzip=True)) if gzip else None
@@ -380,27 +491,38 @@ async def export_csv(
     committed = False
     try:
         progress.total_rows = await run_cancellable(
-            _estimate_rows, conn, select, cancel=cancel_query
+            _estimate_rows, conn, export_select(request), cancel=cancel_query
         )
-        fetch = await _open_source(conn, request, select, row_source, batch_rows, cancel_query)
-        header = await trio.to_thread.run_sync(csv.open_with_header, request.columns)
-        progress.bytes_written = len(header)
+        # One snapshot for every range: the ranges read the table as it was at the start.
+        last_id = await run_cancellable(_max_id, conn, cancel=cancel_query)
+        header = await _open_outputs(csv, gz, request.columns, resume)
+        if resume is None:
+            progress.bytes_written = len(header)
+        else:
+            progress.processed_rows, progress.bytes_written = resume.rows, resume.csv_bytes
         progress.started_at = time.monotonic()
 
-        send_rows, receive_rows = trio.open_memory_channel[Batch](channel_batches)
+        source = RowSource(conn, request, row_source, batch_rows)
+        first = 0 if resume is None else resume.last_id
+        ranges = id_ranges(first, last_id, batch_rows * RANGE_BATCHES)
+        checkpoints = Checkpoints(checkpoint_interval, on_checkpoint)
+        send_rows, receive_rows = trio.open_memory_channel[RowItem](channel_batches)
         async with trio.open_nursery() as nursery:
-            send_csv: trio.MemorySendChannel[bytes] | None = None
+            send_csv: trio.MemorySendChannel[CsvItem] | None = None
             if gz is not None:
-                send_csv, receive_csv = trio.open_memory_channel[bytes](GZIP_CHANNEL_BLOCKS)
-                send_csv.send_nowait(header)  # the gzip copy begins with it too
-                nursery.start_soon(compress, receive_csv, gz)
+                send_csv, receive_csv = trio.open_memory_channel[CsvItem](GZIP_CHANNEL_BLOCKS)
+                if header:
+                    send_csv.send_nowait(header)  # the gzip copy begins with it too
+                nursery.start_soon(compress, receive_csv, gz, on_checkpoint)
             nursery.start_soon(
-                functools.partial(read_batches, cancel=cancel_query, progress=progress),
-                fetch,
-                send_rows,
+                functools.partial(read_batches, progress=progress), source, ranges, send_rows
             )
             nursery.start_soon(
-                functools.partial(write_batches, progress=progress), receive_rows, csv, send_csv
+                functools.partial(write_batches, progress=progress),
+                receive_rows,
+                csv,
+                send_csv,
+                checkpoints,
             )
 
         progress.total_rows = progress.processed_rows  # the estimate has served its purpose
@@ -413,8 +535,25 @@ async def export_csv(
     finally:
         with trio.CancelScope(shield=True):
             if not committed:
-                await trio.to_thread.run_sync(csv.sink.discard)
-                if gz is not None:
-                    await trio.to_thread.run_sync(gz.sink.discard)
+                for sink in (csv.sink, None if gz is None else gz.sink):
+                    if sink is not None:
+                        end = sink.close if keep_partial else sink.discard
+                        await trio.to_thread.run_sync(end)
             # Closing ends the transaction and the backend with it.
             await trio.to_thread.run_sync(conn.close)
+
+
+async def _open_outputs(
+    csv: CsvOutput, gz: GzipOutput | None, columns: Sequence[str], resume: Checkpoint | None
+) -> bytes:
+    """Open the files, or continue them at the checkpoint; returns the header written."""
+    if resume is None:
+        if gz is not None:
+            await trio.to_thread.run_sync(gz.open)
+        return await trio.to_thread.run_sync(csv.open_with_header, columns)
+    if gz is not None:
+        if not resume.gzip_bytes:
+            raise CannotResume("the checkpoint has no gzip copy to continue")
+        await trio.to_thread.run_sync(gz.open, resume.gzip_bytes)
+    await trio.to_thread.run_sync(csv.resume, resume.csv_bytes)
+    return b""

@@ -7,21 +7,37 @@ quoted by psycopg (``sql.Literal``): no request text is ever pasted into SQL as 
 
 from __future__ import annotations
 
+import dataclasses
+
 from psycopg import sql
 
 from exporter.request import USER_COLUMNS, ExportRequest
 
-Params = dict[str, str]
+Params = dict[str, str | int]
 # A statement and the values of its placeholders.
 Select = tuple[sql.Composed, Params]
 
 
-def export_select(request: ExportRequest, *, inline: bool = False) -> Select:
+@dataclasses.dataclass(frozen=True, slots=True)
+class IdRange:
+    """The users with ``after < id <= up_to``."""
+
+    after: int
+    up_to: int
+
+
+def export_select(
+    request: ExportRequest, *, inline: bool = False, ids: IdRange | None = None
+) -> Select:
     """The export's SELECT and its parameters.
 
     ``inline``: filter values as quoted literals (``sql.Literal``, psycopg's own quoting)
     instead of parameters, for a statement sent where parameters cannot go (COPY through
     libpq directly); the parameters returned are then empty.
+
+    ``ids``: only rows with ``after < id <= up_to``. An export reads its rows in such
+    ranges, one after another, so that it can say "every row up to this id is written"
+    (its checkpoints) and a later attempt can continue after it.
 
     Rows come in ``id`` order: a stable order users expect, and the one the COPY oracle
     reproduces exactly (a plain sequential scan may start mid-table when another scan of
@@ -32,19 +48,22 @@ def export_select(request: ExportRequest, *, inline: bool = False) -> Select:
             raise ValueError(f"column {column!r} is not exportable")
     conditions: list[sql.Composable] = []
     params: Params = {}
-    for column, value in (
-        ("country_code", request.country_code),
-        ("subscription_tier", request.subscription_tier),
-    ):
+    filters: list[tuple[str, str, str | int | None]] = [
+        ("country_code", "=", request.country_code),
+        ("subscription_tier", "=", request.subscription_tier),
+    ]
+    if ids is not None:
+        filters += [("id", ">", ids.after), ("id", "<=", ids.up_to)]
+    for number, (column, operator, value) in enumerate(filters):
         if value is None:
             continue
+        name = f"p{number}"
+        condition = sql.SQL(f"{{}} {operator} {{}}")
         if inline:
-            conditions.append(sql.SQL("{} = {}").format(sql.Identifier(column), sql.Literal(value)))
+            conditions.append(condition.format(sql.Identifier(column), sql.Literal(value)))
         else:
-            conditions.append(
-                sql.SQL("{} = {}").format(sql.Identifier(column), sql.Placeholder(column))
-            )
-            params[column] = value
+            conditions.append(condition.format(sql.Identifier(column), sql.Placeholder(name)))
+            params[name] = value
     where = sql.SQL(" WHERE ") + sql.SQL(" AND ").join(conditions) if conditions else sql.SQL("")
     query = sql.SQL("SELECT {columns} FROM users{where} ORDER BY id").format(
         columns=sql.SQL(", ").join(sql.Identifier(c) for c in request.columns),

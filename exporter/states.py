@@ -4,6 +4,7 @@ beyond the standard library, so the client can use it without the server stack).
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 
 
@@ -30,3 +31,18 @@ class ExportStatus(enum.StrEnum):
 
 LIVE_STATUSES = frozenset({ExportStatus.PENDING, ExportStatus.PROCESSING})
 FINAL_STATUSES = frozenset(ExportStatus) - LIVE_STATUSES
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Checkpoint:
+    """How far a running export's files are durable: a takeover continues from here.
+
+    ``rows`` rows of users with ``id <= last_id`` are in the first ``csv_bytes`` bytes of
+    the CSV and the first ``gzip_bytes`` bytes of its gzip copy (which end a gzip member
+    there, so they are a whole gzip file by themselves).
+    """
+
+    rows: int
+    last_id: int
+    csv_bytes: int
+    gzip_bytes: int

@@ -18,11 +18,12 @@ I/O): callers run them in a worker thread.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import re
+import time
 import uuid
-from collections.abc import Container
 from pathlib import Path
 from typing import BinaryIO, Protocol
 
@@ -37,9 +38,20 @@ _EXPORT_FILE = re.compile(
 class Sink(Protocol):
     """One export file being written. Called from one worker thread at a time."""
 
-    def open(self) -> None: ...
+    def open(self, resume_at: int | None = None) -> None:
+        """Start the file, or (``resume_at``) continue one left by an earlier attempt,
+        cut back to its first ``resume_at`` bytes; ``CannotResume`` if that is not there."""
+        ...
 
     def write(self, data: bytes) -> None: ...
+
+    def sync(self) -> int:
+        """Make what was written so far durable; returns how many bytes that is."""
+        ...
+
+    def close(self) -> None:
+        """Stop writing and keep what was written, for a later attempt to continue."""
+        ...
 
     def commit(self) -> int:
         """Make the file durable and visible under its final name; returns its size."""
@@ -48,6 +60,10 @@ class Sink(Protocol):
     def discard(self) -> None:
         """Close and remove whatever was written; safe to call at any point, twice too."""
         ...
+
+
+class CannotResume(Exception):
+    """An earlier attempt's partial file is missing or shorter than its checkpoint says."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -79,9 +95,21 @@ class ExportStorage(Protocol):
         """Remove every file of the export, finished or partial."""
         ...
 
-    def remove_orphans(self, keep: Container[uuid.UUID]) -> list[str]:
-        """Remove files of exports not in ``keep``, and every partial file; their names."""
+    def export_files(self) -> list[ExportFile]:
+        """Every file of the store that belongs to an export."""
         ...
+
+    def remove_file(self, file: ExportFile) -> None: ...
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ExportFile:
+    """A file of the store that belongs to an export (finished or partial)."""
+
+    export_id: uuid.UUID
+    name: str
+    partial: bool
+    age_seconds: float  # since it was last written
 
 
 class PartFile:
@@ -92,13 +120,37 @@ class PartFile:
         self.part = final.with_name(final.name + ".part")
         self._file: BinaryIO | None = None
 
-    def open(self) -> None:
-        # "x": never write over a file that is already there.
-        self._file = open(self.part, "xb")  # noqa: SIM115 - closed by commit() or discard()
+    def open(self, resume_at: int | None = None) -> None:
+        if resume_at is None:
+            # "x": never write over a file that is already there.
+            self._file = open(self.part, "xb")  # noqa: SIM115 - closed by commit() or close()
+            return
+        try:
+            file = open(self.part, "r+b")  # noqa: SIM115 - closed by commit() or close()
+        except FileNotFoundError:
+            raise CannotResume(f"{self.part.name} is not there") from None
+        size = os.fstat(file.fileno()).st_size
+        if size < resume_at:
+            file.close()
+            raise CannotResume(f"{self.part.name} holds {size} bytes, not {resume_at}")
+        file.truncate(resume_at)  # what came after the checkpoint is written again
+        file.seek(resume_at)
+        self._file = file
 
     def write(self, data: bytes) -> None:
         assert self._file is not None, "write before open"
         self._file.write(data)
+
+    def sync(self) -> int:
+        assert self._file is not None, "sync before open"
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        return self._file.tell()
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
 
     def commit(self) -> int:
         """Flush, fsync, rename into place and fsync the folder; returns the final size."""
@@ -111,8 +163,7 @@ class PartFile:
         return self.final.stat().st_size
 
     def discard(self) -> None:
-        if self._file is not None:
-            self._file.close()
+        self.close()
         self.part.unlink(missing_ok=True)
 
 
@@ -159,13 +210,18 @@ class FolderStorage:
             final.unlink(missing_ok=True)
             final.with_name(final.name + ".part").unlink(missing_ok=True)
 
-    def remove_orphans(self, keep: Container[uuid.UUID]) -> list[str]:
-        removed = []
+    def export_files(self) -> list[ExportFile]:
+        found = []
+        now = time.time()
         for path in self.root.iterdir():
             match = _EXPORT_FILE.match(path.name)
             if match is None:
                 continue  # not ours: never delete what we did not write
-            if match["part"] or uuid.UUID(match["id"]) not in keep:
-                path.unlink(missing_ok=True)
-                removed.append(path.name)
-        return removed
+            with contextlib.suppress(FileNotFoundError):  # removed meanwhile
+                age = now - path.stat().st_mtime
+                export_id = uuid.UUID(match["id"])
+                found.append(ExportFile(export_id, path.name, bool(match["part"]), age))
+        return found
+
+    def remove_file(self, file: ExportFile) -> None:
+        (self.root / file.name).unlink(missing_ok=True)

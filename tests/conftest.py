@@ -42,6 +42,7 @@ from tests.support import (
     Server,
     StartServer,
     UsersLock,
+    abandon_queue,
     copy_oracle,
     gated_admin_conninfo,
     gated_conninfo,
@@ -144,6 +145,8 @@ async def start_server(
     yield start
     for client in clients:
         await client.aclose()
+    # The servers are stopped: no job they left waiting may be claimed by the next test's.
+    await trio.to_thread.run_sync(abandon_queue, database)
 
 
 @pytest.fixture

@@ -64,6 +64,17 @@ def copy_oracle(conninfo: str, request: ExportRequest) -> bytes:
 # -- the export's database sessions ----------------------------------------------------------
 
 
+def abandon_queue(conninfo: str) -> None:
+    """Cancel every job still waiting or running in ``conninfo``'s queue: the database is
+    shared by the tests one after another, and a job one left behind would be claimed and
+    run by the next one's server."""
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        conn.execute(
+            "UPDATE export_jobs SET status = 'cancelled', owner = NULL, lease_until = NULL"
+            " WHERE status IN ('pending', 'processing')"
+        )
+
+
 def backends(conninfo: str, export_id: str) -> list[tuple[Any, ...]]:
     """The export's database sessions still alive (pg_stat_activity)."""
     with psycopg.connect(conninfo, autocommit=True) as conn:
@@ -278,11 +289,17 @@ class Service:
 
 @contextlib.contextmanager
 def service(
-    conninfo: str, export_dir: Path, stderr: Any = subprocess.DEVNULL, **env: str
+    conninfo: str,
+    export_dir: Path,
+    stderr: Any = subprocess.DEVNULL,
+    *args: str,
+    keep_queue: bool = False,
+    **env: str,
 ) -> Iterator[Service]:
-    """``exporter serve`` as its own process, as in production, on a free port of
+    """``exporter serve [args]`` as its own process, as in production, on a free port of
     loopback, ready (its database up) when the block starts; stopped by SIGTERM at the
-    end unless the test stopped it already."""
+    end unless the test stopped it already. Then the jobs it left in the queue are
+    cancelled (``abandon_queue``), unless ``keep_queue`` (another process takes them on)."""
     port = free_port()
     environment = {
         **os.environ,
@@ -292,7 +309,7 @@ def service(
         **env,
     }
     process = subprocess.Popen(
-        [sys.executable, "-m", "exporter", "serve"], env=environment, stderr=stderr
+        [sys.executable, "-m", "exporter", "serve", *args], env=environment, stderr=stderr
     )
     url = f"http://127.0.0.1:{port}"
     try:
@@ -310,6 +327,8 @@ def service(
         if process.poll() is None:
             process.terminate()
             process.wait(60)
+        if not keep_queue:
+            abandon_queue(conninfo)
 
 
 # -- clients and this process's resources ---------------------------------------------------
@@ -346,3 +365,56 @@ def count_tasks() -> int:
     root = trio.lowlevel.current_root_task()
     assert root is not None
     return walk(root)
+
+
+# -- exporter worker as its own process -------------------------------------------------------
+
+
+@dataclasses.dataclass
+class Worker:
+    """``exporter worker`` running as its own process (``worker``), answering ``/health`` and
+    ``/metrics`` on ``url``."""
+
+    url: str
+    process: subprocess.Popen[bytes]
+    client: httpx.Client
+
+
+@contextlib.contextmanager
+def worker(
+    conninfo: str,
+    export_dir: Path,
+    stderr: Any = subprocess.DEVNULL,
+    *args: str,
+    keep_queue: bool = False,
+    **env: str,
+) -> Iterator[Worker]:
+    """``exporter worker --bind <free port> [args]`` as its own process, like ``service``:
+    started when the block starts (its ``/health`` answers, so its job manager runs),
+    stopped by SIGTERM at the end unless the test stopped it already; then the jobs left
+    in the queue are cancelled, unless ``keep_queue``."""
+    port = free_port()
+    environment = {**os.environ, "DATABASE_URL": conninfo, "EXPORT_DIR": str(export_dir), **env}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "exporter", "worker", "--bind", f"127.0.0.1:{port}", *args],
+        env=environment,
+        stderr=stderr,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        with httpx.Client(base_url=url, timeout=60) as client:
+            deadline = time.monotonic() + 30
+            while True:
+                assert process.poll() is None, f"exporter worker exited ({process.returncode})"
+                with contextlib.suppress(httpx.TransportError):
+                    if client.get("/health").status_code == 200:
+                        break
+                assert time.monotonic() < deadline, "exporter worker never answered /health"
+                time.sleep(0.1)
+            yield Worker(url, process, client)
+    finally:
+        if process.poll() is None:
+            process.terminate()
+            process.wait(60)
+        if not keep_queue:
+            abandon_queue(conninfo)

@@ -90,7 +90,9 @@ def test_values_are_read() -> None:
     ("name", "value", "message"),
     [
         ("MAX_CONCURRENT_EXPORTS", "two", "whole number"),
-        ("MAX_CONCURRENT_EXPORTS", "0", "at least 1"),
+        ("MAX_CONCURRENT_EXPORTS", "-1", "at least 0"),
+        ("LEASE_SECONDS", "0", "positive"),
+        ("MAX_ATTEMPTS", "0", "at least 1"),
         ("BATCH_ROWS", "-5", "at least 1"),
         ("EXPORT_TTL", "soon", "number of seconds"),
         ("EXPORT_TTL", "-1", "positive"),

@@ -10,6 +10,7 @@ already written, until the fault has happened.
 
 from __future__ import annotations
 
+import gzip
 import os
 import shutil
 import signal
@@ -24,7 +25,6 @@ import psycopg
 import pytest
 import trio
 
-from exporter.jobs import RESTART_ERROR, SHUTDOWN_ERROR
 from exporter.request import ExportRequest, parse_export_request
 from tests.dbproxy import DatabaseProxy
 from tests.support import (
@@ -46,8 +46,16 @@ from tests.support import (
 
 # Where the gated database stops an export: reading 5,000 rows a batch, after 10,000 rows.
 GATE = 10_001
-BATCH_ROWS = 5000
+# Small batches, so that the rows are read in ranges of 5,000 ids (50 batches): the gate
+# at row 10,001 is then just past the end of a range, where a checkpoint is taken.
+BATCH_ROWS = 100
 ROWS_AT_GATE = rows_before_gate(GATE, BATCH_ROWS)
+# A checkpoint at the end of every range, and a lease that runs out soon after a death.
+CHECKPOINTED = {
+    "BATCH_ROWS": str(BATCH_ROWS),
+    "CHECKPOINT_INTERVAL": "0.000001",
+    "LEASE_SECONDS": "2",
+}
 
 
 def export_files(folder: Path) -> list[str]:
@@ -221,54 +229,90 @@ def start_mid_export(app: Service, database: str) -> str:
     return export_id
 
 
+def checkpoint_of(database: str, export_id: str) -> tuple[Any, ...]:
+    with psycopg.connect(database) as conn:
+        row = conn.execute(
+            "SELECT checkpoint_rows, checkpoint_csv_bytes, attempt FROM export_jobs WHERE id = %s",
+            (export_id,),
+        ).fetchone()
+    assert row is not None
+    return tuple(row)
+
+
+def assert_files_are_copys(exports: Path, export_id: str, expected: bytes) -> None:
+    assert (exports / f"{export_id}.csv").read_bytes() == expected
+    gzipped = exports / f"{export_id}.csv.gz"
+    # One gzip member per checkpoint: whole for gzip -d and for any gzip reader.
+    assert gzip.decompress(gzipped.read_bytes()) == expected
+    assert subprocess.run(["gzip", "-dc", str(gzipped)], capture_output=True).stdout == expected
+    assert export_files(exports) == [f"{export_id}.csv", f"{export_id}.csv.gz"]
+
+
 @pytest.mark.slow
 @pytest.mark.e2e
-def test_sigkill_mid_export_then_restart(
+def test_sigkill_mid_export_then_restart_continues_from_the_checkpoint(
     database: str, gated_database: GatedDatabase, gates: Gates, tmp_path: Path
 ) -> None:
     exports = tmp_path / "exports"
-    with service(gated_database.url, export_dir=exports, BATCH_ROWS=str(BATCH_ROWS)) as app:
+    with service(gated_database.url, exports, keep_queue=True, **CHECKPOINTED) as app:
         gates.hold(GATE)
         export_id = start_mid_export(app, database)
         app.process.send_signal(signal.SIGKILL)
         app.process.wait(10)
-    # What a killed process leaves: a half-written file, a job recorded as processing.
+    # What a killed process leaves: a half-written file, a job still processing, and how
+    # far that file is durable.
     assert f"{export_id}.csv.part" in export_files(exports)
-    assert job_row(gated_database.admin_url, export_id)[0] == "processing"
+    assert job_row(gated_database.admin_url, export_id) == ("processing", None)
+    rows, csv_bytes, attempt = checkpoint_of(gated_database.admin_url, export_id)
+    assert (rows, attempt) == (ROWS_AT_GATE, 1)
+    durable = (exports / f"{export_id}.csv.part").read_bytes()[:csv_bytes]
     gates.release(GATE)
 
-    with service(gated_database.url, export_dir=exports) as app:
-        assert job_row(gated_database.admin_url, export_id) == ("failed", RESTART_ERROR)
-        assert export_files(exports) == []
-        doc = app.client.get(f"/exports/{export_id}/status").json()
-        assert doc["status"] == "failed" and doc["error"] == RESTART_ERROR
-        new = app.export({"country_code": "NZ"})
-    assert export_files(exports) == [f"{new}.csv", f"{new}.csv.gz"]
+    started = time.monotonic()
+    with service(gated_database.url, exports, **CHECKPOINTED) as app:
+        # Taken over once the dead process's lease has run out, and continued.
+        doc = app.wait_for(export_id, "completed", "failed", timeout=15)
+        assert doc["status"] == "completed", doc
+        assert time.monotonic() - started < 2 + 5 + 5  # lease, claim, the rest of the rows
+        assert doc["attempt"] == 2 and doc["resumedFromRows"] == ROWS_AT_GATE
+        assert doc["progress"]["processedRows"] == 30_000
+    expected = gated_database.oracle(ExportRequest())
+    assert expected.startswith(durable)
+    assert_files_are_copys(exports, export_id, expected)
 
 
 @pytest.mark.slow
 @pytest.mark.e2e
-def test_sigterm_mid_export_stops_gracefully(
+def test_sigterm_mid_export_hands_it_back_and_a_restart_continues_it(
     database: str, gated_database: GatedDatabase, gates: Gates, tmp_path: Path
 ) -> None:
     exports = tmp_path / "exports"
-    with service(gated_database.url, export_dir=exports, BATCH_ROWS=str(BATCH_ROWS)) as app:
+    with service(gated_database.url, exports, keep_queue=True, **CHECKPOINTED) as app:
         gates.hold(GATE)  # held through the shutdown: the export cannot end by itself
         export_id = start_mid_export(app, database)
         assert f"{export_id}.csv.part" in export_files(exports)
         started = time.monotonic()
         app.process.send_signal(signal.SIGTERM)
         assert app.process.wait(10) == 0
-        # Within docker stop's 10 s before it kills: the export is cancelled at once, but
+        # Within docker stop's 10 s before it kills: the export stops at once, but
         # Hypercorn waits up to its keep-alive timeout (5 s) for this test's idle connection.
         assert time.monotonic() - started < 9.0
-    assert job_row(gated_database.admin_url, export_id) == ("failed", SHUTDOWN_ERROR)
-    assert export_files(exports) == []
+    # Handed back: waiting again, nothing failed, its partial files kept for the next start.
+    assert job_row(gated_database.admin_url, export_id) == ("pending", None)
+    assert checkpoint_of(gated_database.admin_url, export_id)[::2] == (ROWS_AT_GATE, 1)
+    assert f"{export_id}.csv.part" in export_files(exports)
     # The export's query was cancelled, not left waiting at the gate: its session is gone.
     deadline = time.monotonic() + 1.0
     while backends(database, export_id):
         assert time.monotonic() < deadline, backends(database, export_id)
         time.sleep(0.02)
+    gates.release(GATE)
+
+    with service(gated_database.url, exports, **CHECKPOINTED) as app:  # the restart
+        doc = app.wait_for(export_id, "completed", "failed", timeout=15)
+        assert doc["status"] == "completed", doc
+        assert doc["attempt"] == 1 and doc["resumedFromRows"] == ROWS_AT_GATE
+    assert_files_are_copys(exports, export_id, gated_database.oracle(ExportRequest()))
 
 
 # -- 5. the disk fills up -----------------------------------------------------------------

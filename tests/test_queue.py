@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import json
+import os
+import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
 
 import psycopg
 
-from exporter.jobs import RESTART_ERROR
-from tests.support import StartServer, UsersLock, wait_until_blocked
+from exporter.jobs import ORPHAN_GRACE_SECONDS
+from exporter.request import ExportRequest
+from tests.support import Oracle, StartServer, UsersLock, wait_until_blocked
 
 
 async def test_second_export_waits_pending_then_runs(
@@ -51,29 +54,37 @@ async def test_second_export_waits_pending_then_runs(
     assert (await server.wait_for(third, "completed", "failed"))["status"] == "completed"
 
 
-async def test_restart_fails_unfinished_jobs_and_removes_orphan_files(
-    start_server: StartServer, database: str, tmp_path: Path
+async def test_restart_continues_unfinished_jobs_and_removes_old_orphan_files(
+    start_server: StartServer, database: str, tmp_path: Path, oracle: Oracle
 ) -> None:
+    # What a process that died long ago leaves: a job it ran, with no lease any more (made
+    # before leases existed), its partial file, and the file of an export nobody knows.
     interrupted = uuid.uuid4()
     with psycopg.connect(database, autocommit=True) as conn:
         conn.execute(
             "INSERT INTO export_jobs (id, status, request, started_at)"
             " VALUES (%s, 'processing', %s, now())",
-            (interrupted, json.dumps({"columns": ["id"]})),
+            (interrupted, json.dumps({"columns": ["id"], "country_code": "CA"})),
         )
     export_dir = tmp_path / "exports"
     export_dir.mkdir()
     part = export_dir / f"{interrupted}.csv.part"
     part.write_bytes(b"id\n1\n")
+    long_ago = time.time() - ORPHAN_GRACE_SECONDS - 60
     orphan = export_dir / f"{uuid.uuid4()}.csv"
     orphan.write_bytes(b"id\n")
+    os.utime(orphan, (long_ago, long_ago))
+    recent = export_dir / f"{uuid.uuid4()}.csv.part"  # perhaps another process's, just made
+    recent.write_bytes(b"id\n")
     not_ours = export_dir / "README.txt"
     not_ours.write_text("left alone")
+    os.utime(not_ours, (long_ago, long_ago))
 
     server = await start_server()
-    doc = await server.status(str(interrupted))
-    assert doc["status"] == "failed"
-    assert doc["error"] == RESTART_ERROR
+    doc = await server.wait_for(str(interrupted), "completed", "failed")
+    assert doc["status"] == "completed" and doc["attempt"] == 1 and doc["error"] is None
+    download = await server.client.get(f"/exports/{interrupted}/download")
+    assert download.content == oracle(ExportRequest(columns=("id",), country_code="CA"))
     assert not part.exists() and not orphan.exists()
+    assert recent.exists()  # too young to be called an orphan
     assert not_ours.read_text() == "left alone"
-    assert (await server.client.get(f"/exports/{interrupted}/download")).status_code == 410

@@ -1,0 +1,75 @@
+"""``exporter worker``: a process that runs exports only.
+
+A worker is the job manager alone (the same nursery, cancel scopes and pipeline as in the
+all-in-one server), claiming from the queue every process shares. With ``--bind`` it
+answers ``GET /health`` and ``GET /metrics`` on that address; nothing else. On SIGTERM
+it hands its running exports back to the queue and exits.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import trio_asyncio
+import trio
+from hypercorn.trio import serve
+
+from exporter.config import Settings
+from exporter.jobs import JobManager
+from exporter.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from exporter.metrics import Metrics
+from exporter.server import hypercorn_config, wait_for_stop_signal
+from exporter.storage import FolderStorage
+from exporter.store import JobStore
+
+log = logging.getLogger(__name__)
+
+
+ASGIApp = Callable[[Any, Any, Any], Awaitable[None]]
+
+
+def worker_app(jobs: JobManager, metrics: Metrics) -> ASGIApp:
+    """``/health`` and ``/metrics`` of a worker, answered from memory; 404 otherwise."""
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            while (await receive())["type"] != "lifespan.shutdown":
+                await send({"type": "lifespan.startup.complete"})
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+        if scope["path"] == "/health":
+            body = (
+                b'{"status": "ok", "role": "worker", "exports": '
+                + str(jobs.counts()["running"]).encode()
+                + b"}"
+            )
+            content_type = b"application/json"
+            status = 200
+        elif scope["path"] == "/metrics":
+            body, content_type, status = metrics.exposition(), METRICS_CONTENT_TYPE.encode(), 200
+        else:
+            body, content_type, status = b"not found\n", b"text/plain", 404
+        headers = [(b"content-type", content_type), (b"content-length", str(len(body)).encode())]
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+    return app
+
+
+async def run_worker(settings: Settings, conninfo: str, bind: str | None = None) -> None:
+    """Run exports from the queue until SIGTERM or SIGINT, then hand them back."""
+    storage = FolderStorage(settings.export_dir)
+    async with trio_asyncio.open_loop(), trio.open_nursery() as nursery:
+        jobs = JobManager(settings, conninfo, JobStore(conninfo), storage)
+        jobs.metrics = Metrics(jobs.counts, jobs.global_counts)
+        await nursery.start(jobs.run)
+        if bind is not None:
+            config = hypercorn_config(bind, settings.send_timeout)
+            app = worker_app(jobs, jobs.metrics)
+            nursery.start_soon(functools.partial(serve, app, config, mode="asgi"))
+        log.info("worker %s ready", jobs.owner)
+        await wait_for_stop_signal()
+        nursery.cancel_scope.cancel()
