@@ -100,7 +100,8 @@ async def ready() -> Response | dict[str, Any]:
         current_app.logger.warning("not ready: %s", error)
         return retry_later(503, "Not ready", "the job database cannot be reached", database="down")
     if not services().jobs.recovered.is_set():
-        return retry_later(503, "Not ready", "recovering the jobs of a previous run", database="up")
+        detail = "looking at the export files left by earlier runs"
+        return retry_later(503, "Not ready", detail, database="up")
     return {"status": "ready", "database": "up"}
 
 

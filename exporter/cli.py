@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
+import os
 import sys
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING
@@ -119,6 +120,8 @@ def _serve_or_seed(parser: argparse.ArgumentParser, args: argparse.Namespace) ->
     if args.command == "worker":
         from exporter.worker import run_worker
 
+        if settings.max_concurrent_exports == 0:
+            parser.error("MAX_CONCURRENT_EXPORTS is 0: a worker would run no export")
         with database(settings) as conninfo:
             apply_schema(conninfo, "schema")
             limit_malloc_arenas()
@@ -137,6 +140,10 @@ def _serve_or_seed(parser: argparse.ArgumentParser, args: argparse.Namespace) ->
             seed_with_progress(conninfo, seed_rows)
         apply_schema(conninfo, "indexes")
         limit_malloc_arenas()
+        if settings.workers and not settings.database_url:
+            # The workers inherit this environment: they must use this embedded server,
+            # not start their own.
+            os.environ["DATABASE_URL"] = conninfo
         trio.run(run_server, settings, conninfo)
     return 0
 

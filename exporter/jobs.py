@@ -243,10 +243,13 @@ class JobManager:
             await trio.sleep(RETRY_DELAYS[-1] if not self._unsaved else RETRY_DELAYS[0])
             for job_id, record in list(self._unsaved.items()):
                 try:
-                    await self.store.finish(self.owner, record)
+                    recorded = await self.store.finish(self.owner, record)
                 except (StoreUnavailable, psycopg.Error):
                     break  # still away: the next round tries again
-                log.info("recorded the end of export %s (%s)", job_id, record.status)
+                if recorded:
+                    log.info("recorded the end of export %s (%s)", job_id, record.status)
+                else:  # its lease ran out meanwhile and another process took it over
+                    log.warning("export %s was taken over before its end was recorded", job_id)
                 del self._unsaved[job_id]
 
     async def _refresh_counts(self) -> None:
@@ -292,8 +295,9 @@ class JobManager:
         while True:
             await self._slots.acquire()
             self._work = trio.Event()
+            sent = trio.current_time()
             try:
-                claim = await self.store.claim(self.owner, self.lease)
+                claim = await self.store.claim(self.owner, self.lease, skip=[*self._unsaved])
             except (StoreUnavailable, psycopg.Error) as exc:
                 log.warning("could not claim work: %s", exc)
                 claim = None
@@ -307,8 +311,9 @@ class JobManager:
                 self._count("queued", -1)
             self._count("running", +1)
             job = Job(claim.record, taken_over=claim.taken_over)
-            # Stop a little before the lease runs out, unless it is renewed by then.
-            job.scope.deadline = trio.current_time() + self._lease_margin()
+            # Stop a little before the lease runs out, unless it is renewed by then: counted
+            # from when the claim was sent, since the lease began at some moment after.
+            job.scope.deadline = sent + self._lease_margin()
             self._running[job.record.id] = job
             self._nursery.start_soon(self._run, job, name=f"export {job.record.id}")
             self._work.set()  # a slot may still be free: look again at once
@@ -325,12 +330,14 @@ class JobManager:
             if not job_ids:
                 continue
             sent = trio.current_time()
+            held: dict[uuid.UUID, bool] | None = None
             try:
                 with trio.move_on_after(self.lease / 3):
                     held = await self.store.renew(self.owner, job_ids, self.lease)
             except (StoreUnavailable, psycopg.Error) as exc:
                 log.warning("could not renew leases: %s", exc)
-                continue
+            if held is None:
+                continue  # not renewed: the jobs' deadlines stay where they were
             for job_id, job in list(self._running.items()):
                 if job_id not in job_ids:
                     continue  # claimed after the renewal was sent
@@ -482,7 +489,8 @@ class JobManager:
                 await self.store.release(self.owner, record.id)
             except (StoreUnavailable, psycopg.Error):
                 log.warning("could not hand export %s back; its lease will run out", record.id)
-            _log_transition(record, "handed_back", rows=record.processed_rows)
+            else:
+                _log_transition(record, "handed_back", rows=record.processed_rows)
             return
         record.status, record.error = status, error
         if status != ExportStatus.COMPLETED:

@@ -32,6 +32,7 @@ import functools
 import json
 import logging
 import os
+import struct
 import threading
 import time
 import uuid
@@ -98,9 +99,11 @@ OnCheckpoint = Callable[[Checkpoint], Awaitable[None]]
 RANGE_BATCHES = 50
 
 # isal's default level: its best speed for its size here (level 3 halves the speed for
-# a 1% smaller file). wbits 16 + 15: a gzip member with header and trailer.
+# a 1% smaller file). Raw deflate: the gzip header and trailer are GzipOutput's own.
 GZIP_LEVEL = isal_zlib.ISAL_DEFAULT_COMPRESSION
-GZIP_WBITS = 31
+RAW_DEFLATE = -15
+# RFC 1952: magic, deflate, no flags, no modification time, no extra flags, unknown OS.
+GZIP_HEADER = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff"
 
 # How much lower than the event loop the export threads run (see _background).
 EXPORT_THREAD_NICE = 10
@@ -177,28 +180,43 @@ class GzipOutput:
 
     isal's igzip deflate: about 4 times zlib's speed at a like ratio, and it releases the
     GIL while it works, so it runs beside the CSV writer on the other core.
+
+    One gzip member, whatever happens: the header is written here, the body is raw deflate,
+    and the trailer (CRC-32 and length of the CSV) is written at the end from figures kept
+    here. A checkpoint is a full flush: the deflate stream is byte-aligned there and owes
+    nothing to what came before, so a later attempt can cut the file there and go on with
+    a compressor of its own, given the CRC so far (kept in the checkpoint). Some clients
+    (curl --compressed, httpx) read only the first member of a multi-member gzip file.
     """
 
     def __init__(self, sink: Sink) -> None:
         self.sink = sink
-        self._deflate = isal_zlib.compressobj(GZIP_LEVEL, isal_zlib.DEFLATED, GZIP_WBITS)
+        self._deflate = isal_zlib.compressobj(GZIP_LEVEL, isal_zlib.DEFLATED, RAW_DEFLATE)
+        self.crc = 0
+        self.size = 0
 
-    def open(self, resume_at: int | None = None) -> None:
-        # A resumed copy goes on with a new gzip member after the last whole one.
-        self.sink.open(resume_at)
+    def open(self, resume: Checkpoint | None = None) -> None:
+        if resume is None:
+            self.sink.open()
+            self.sink.write(GZIP_HEADER)
+            return
+        self.sink.open(resume_at=resume.gzip_bytes)
+        self.crc, self.size = resume.gzip_crc, resume.csv_bytes
 
     def write(self, data: bytes) -> None:
+        self.crc = isal_zlib.crc32(data, self.crc)
+        self.size += len(data)
         self.sink.write(self._deflate.compress(data))
 
-    def end_member(self) -> int:
-        """End the gzip member here and make the file durable: its bytes so far are a
-        whole (multi-member) gzip file, which a later attempt can continue."""
-        self.sink.write(self._deflate.flush())
-        self._deflate = isal_zlib.compressobj(GZIP_LEVEL, isal_zlib.DEFLATED, GZIP_WBITS)
+    def checkpoint(self) -> int:
+        """Flush the deflate stream to a point a later attempt can continue from, and make
+        the file durable up to there; returns its length."""
+        self.sink.write(self._deflate.flush(isal_zlib.Z_FULL_FLUSH))
         return self.sink.sync()
 
     def commit(self) -> int:
-        self.sink.write(self._deflate.flush())
+        self.sink.write(self._deflate.flush(isal_zlib.Z_FINISH))
+        self.sink.write(struct.pack("<II", self.crc & 0xFFFFFFFF, self.size & 0xFFFFFFFF))
         return self.sink.commit()
 
 
@@ -439,14 +457,15 @@ async def compress(
     receive_csv: trio.MemoryReceiveChannel[CsvItem], gz: GzipOutput, record: OnCheckpoint | None
 ) -> None:
     """The compressor: the gzip copy follows the CSV through a channel of its own, so that
-    compressing runs beside writing instead of after it. At a checkpoint mark it ends the
-    gzip member, makes the copy durable and records the checkpoint."""
+    compressing runs beside writing instead of after it. At a checkpoint mark it flushes
+    the deflate stream, makes the copy durable and records the checkpoint."""
     async with receive_csv:
         async for item in receive_csv:
             if isinstance(item, CheckpointMark):
-                gzip_bytes = await trio.to_thread.run_sync(gz.end_member)
+                gzip_bytes = await trio.to_thread.run_sync(gz.checkpoint)
                 if record is not None:
-                    await record(Checkpoint(item.rows, item.last_id, item.csv_bytes, gzip_bytes))
+                    done = Checkpoint(item.rows, item.last_id, item.csv_bytes, gzip_bytes, gz.crc)
+                    await record(done)
             else:
                 await trio.to_thread.run_sync(_background(gz.write), item)
 
@@ -554,6 +573,6 @@ async def _open_outputs(
     if gz is not None:
         if not resume.gzip_bytes:
             raise CannotResume("the checkpoint has no gzip copy to continue")
-        await trio.to_thread.run_sync(gz.open, resume.gzip_bytes)
+        await trio.to_thread.run_sync(gz.open, resume)
     await trio.to_thread.run_sync(csv.resume, resume.csv_bytes)
     return b""

@@ -38,11 +38,13 @@ class Checkpoint:
     """How far a running export's files are durable: a takeover continues from here.
 
     ``rows`` rows of users with ``id <= last_id`` are in the first ``csv_bytes`` bytes of
-    the CSV and the first ``gzip_bytes`` bytes of its gzip copy (which end a gzip member
-    there, so they are a whole gzip file by themselves).
+    the CSV and the first ``gzip_bytes`` bytes of its gzip copy (where its deflate stream
+    was flushed to a point it can be continued from; ``gzip_crc`` is the CRC-32 of the
+    CSV's bytes so far, which the gzip trailer needs at the end).
     """
 
     rows: int
     last_id: int
     csv_bytes: int
     gzip_bytes: int
+    gzip_crc: int = 0

@@ -96,6 +96,7 @@ _COLUMNS = (
     "id, status, request, error, processed_rows, total_rows, bytes_written, file_size,"
     " created_at, started_at, completed_at, expires_at, owner, attempt, cancel_requested,"
     " checkpoint_rows, checkpoint_last_id, checkpoint_csv_bytes, checkpoint_gzip_bytes,"
+    " checkpoint_gzip_crc,"
     " resumed_from_rows"
 )
 # The same, qualified, for statements that join the table to itself.
@@ -110,6 +111,7 @@ def _record(row: dict[str, Any]) -> JobRecord:
             last_id=row["checkpoint_last_id"],
             csv_bytes=row["checkpoint_csv_bytes"],
             gzip_bytes=row["checkpoint_gzip_bytes"],
+            gzip_crc=row["checkpoint_gzip_crc"],
         )
     return JobRecord(
         id=row["id"],
@@ -189,7 +191,9 @@ class JobStore:
             "WITH queued AS ("
             "  INSERT INTO export_jobs (id, status, request, created_at)"
             "  SELECT %(id)s, 'pending', %(request)s, %(created_at)s"
-            "  WHERE (SELECT count(*) FROM export_jobs WHERE status = 'pending') < %(max)s"
+            # Every job waits a moment to be claimed: one may always wait.
+            "  WHERE (SELECT count(*) FROM export_jobs WHERE status = 'pending')"
+            "   < greatest(%(max)s, 1)"
             "  RETURNING id)"
             f" SELECT id, pg_notify('{CHANNEL}', 'new:' || id) FROM queued",
             {
@@ -201,18 +205,22 @@ class JobStore:
         )
         return bool(rows)
 
-    async def claim(self, owner: str, lease_seconds: float) -> Claim | None:
+    async def claim(
+        self, owner: str, lease_seconds: float, skip: list[uuid.UUID] | None = None
+    ) -> Claim | None:
         """Take the oldest job that waits, or whose owner's lease has run out.
 
         ``FOR UPDATE SKIP LOCKED``: processes claiming at once each get another job, and
         none waits for another's claim. A job handed back keeps its attempt; a first start
-        or a takeover counts one more.
+        or a takeover counts one more. ``skip``: jobs the caller ended but could not record
+        yet (it must not take them over from itself).
         """
         rows = await self.query(
             "WITH next AS ("
             "  SELECT id, status AS was FROM export_jobs"
             "  WHERE status = 'pending'"
-            "     OR (status = 'processing' AND (lease_until IS NULL OR lease_until < now()))"
+            "     OR (status = 'processing' AND (lease_until IS NULL OR lease_until < now())"
+            "         AND NOT id = ANY(%(skip)s))"
             "  ORDER BY created_at, id LIMIT 1 FOR UPDATE SKIP LOCKED)"
             " UPDATE export_jobs j SET status = 'processing', owner = %(owner)s,"
             "  lease_until = now() + %(lease)s,"
@@ -220,7 +228,7 @@ class JobStore:
             "                 ELSE j.attempt + 1 END,"
             "  started_at = coalesce(j.started_at, now()), updated_at = now()"
             f" FROM next WHERE j.id = next.id RETURNING {_J_COLUMNS}, next.was",
-            {"owner": owner, "lease": _lease(lease_seconds)},
+            {"owner": owner, "lease": _lease(lease_seconds), "skip": skip or []},
         )
         if not rows:
             return None
@@ -281,13 +289,15 @@ class JobStore:
         """Record how far the job's files are durable; False if it is no longer ours."""
         rows = await self.query(
             "UPDATE export_jobs SET checkpoint_rows = %s, checkpoint_last_id = %s,"
-            " checkpoint_csv_bytes = %s, checkpoint_gzip_bytes = %s, updated_at = now()"
+            " checkpoint_csv_bytes = %s, checkpoint_gzip_bytes = %s, checkpoint_gzip_crc = %s,"
+            " updated_at = now()"
             " WHERE id = %s AND owner = %s AND status = 'processing' RETURNING id",
             (
                 checkpoint.rows,
                 checkpoint.last_id,
                 checkpoint.csv_bytes,
                 checkpoint.gzip_bytes,
+                checkpoint.gzip_crc,
                 job_id,
                 owner,
             ),
@@ -298,7 +308,7 @@ class JobStore:
         """The files are not there to resume from: the job starts over from its first row."""
         await self.query(
             "UPDATE export_jobs SET checkpoint_rows = 0, checkpoint_last_id = NULL,"
-            " checkpoint_csv_bytes = 0, checkpoint_gzip_bytes = 0"
+            " checkpoint_csv_bytes = 0, checkpoint_gzip_bytes = 0, checkpoint_gzip_crc = 0"
             " WHERE id = %s AND owner = %s",
             (job_id, owner),
         )

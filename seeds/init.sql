@@ -56,6 +56,7 @@ ALTER TABLE export_jobs
     ADD COLUMN IF NOT EXISTS checkpoint_last_id    BIGINT,
     ADD COLUMN IF NOT EXISTS checkpoint_csv_bytes  BIGINT NOT NULL DEFAULT 0,
     ADD COLUMN IF NOT EXISTS checkpoint_gzip_bytes BIGINT NOT NULL DEFAULT 0,
+    ADD COLUMN IF NOT EXISTS checkpoint_gzip_crc   BIGINT NOT NULL DEFAULT 0,
     ADD COLUMN IF NOT EXISTS resumed_from_rows     BIGINT;
 
 -- The claim's scan: the oldest waiting (or abandoned) jobs first.
