@@ -102,7 +102,11 @@ def cpu_seconds(pid: int) -> dict[int, float]:
 
 
 def children(pid: int) -> list[int]:
-    return [p.pid for p in psutil.Process(pid).children(recursive=True)]
+    """The pids of process ``pid``'s descendants (none once it has exited)."""
+    try:
+        return [p.pid for p in psutil.Process(pid).children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return []
 
 
 def wait_for_workers(app: Service, workers: int, timeout: float = 30.0) -> int:
