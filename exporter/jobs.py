@@ -428,6 +428,8 @@ class JobManager:
         record, was = requested
         if was == ExportStatus.PENDING:
             self._count("queued", -1)
+            if self.metrics is not None:
+                self.metrics.export_ended(ExportStatus.CANCELLED, 0, 0, None)
         if record.status == ExportStatus.PROCESSING:
             job = self._running.get(job_id)
             if job is not None:

@@ -189,20 +189,22 @@ class JobStore:
         """
         rows = await self.query(
             "WITH queued AS ("
+            # The database's clock orders the queue, whichever process's clock is off.
             "  INSERT INTO export_jobs (id, status, request, created_at)"
-            "  SELECT %(id)s, 'pending', %(request)s, %(created_at)s"
+            "  SELECT %(id)s, 'pending', %(request)s, now()"
             # Every job waits a moment to be claimed: one may always wait.
             "  WHERE (SELECT count(*) FROM export_jobs WHERE status = 'pending')"
             "   < greatest(%(max)s, 1)"
-            "  RETURNING id)"
-            f" SELECT id, pg_notify('{CHANNEL}', 'new:' || id) FROM queued",
+            "  RETURNING id, created_at)"
+            f" SELECT created_at, pg_notify('{CHANNEL}', 'new:' || id) FROM queued",
             {
                 "id": record.id,
                 "request": Jsonb(record.request.to_json()),
-                "created_at": record.created_at,
                 "max": max_queued,
             },
         )
+        if rows:
+            record.created_at = rows[0]["created_at"]
         return bool(rows)
 
     async def claim(
