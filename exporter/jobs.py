@@ -248,6 +248,7 @@ class JobManager:
                     break  # still away: the next round tries again
                 if recorded:
                     log.info("recorded the end of export %s (%s)", job_id, record.status)
+                    await self._remove_unwanted_files(record)
                 else:  # its lease ran out meanwhile and another process took it over
                     log.warning("export %s was taken over before its end was recorded", job_id)
                 del self._unsaved[job_id]
@@ -498,16 +499,26 @@ class JobManager:
         if status != ExportStatus.COMPLETED:
             record.completed_at = utcnow()
             record.file_size = None
+        if status == ExportStatus.CANCELLED:
+            # Asked for (and recorded as asked: no takeover would run it again), so the
+            # files go first: once it says cancelled, wherever the asker waits, they are gone.
             await trio.to_thread.run_sync(self.storage.remove, record.id)
         if self.metrics is not None:
             self.metrics.export_ended(
                 status, record.processed_rows, record.file_size or 0, _duration(record)
             )
         try:
-            await self.store.finish(self.owner, record)
+            recorded = await self.store.finish(self.owner, record)
         except Exception:
             log.exception("could not record the end of export %s; will retry", record.id)
+            # Its files stay until its end is recorded: if its lease runs out first, the
+            # process that takes it over continues from them.
             self._unsaved[record.id] = record
+        else:
+            if recorded:
+                await self._remove_unwanted_files(record)
+            else:
+                log.warning("export %s was no longer this process's at its end", record.id)
         _log_transition(
             record,
             rows=record.processed_rows,
@@ -517,15 +528,24 @@ class JobManager:
             attempt=record.attempt,
         )
 
+    async def _remove_unwanted_files(self, record: JobRecord) -> None:
+        """A job recorded as failed loses its files (its end first: until it is recorded,
+        a takeover may still need them, when its lease runs out)."""
+        if record.status == ExportStatus.FAILED:
+            await trio.to_thread.run_sync(self.storage.remove, record.id)
+
     async def _export(self, job: Job) -> None:
         record = job.record
         resume = record.checkpoint
         if resume is None:  # whatever an earlier start left, this one writes anew
             await trio.to_thread.run_sync(self.storage.remove, record.id)
+        cannot: list[CannotResume] = []
         try:
             size = await self._pipeline(job, resume)
-        except CannotResume as why:
-            log.warning("export %s starts over: %s", record.id, why)
+        except* CannotResume as group:  # raised inside the pipeline's nursery
+            cannot = [e for e in group.exceptions if isinstance(e, CannotResume)]
+        if cannot:
+            log.warning("export %s starts over: %s", record.id, cannot[0])
             await trio.to_thread.run_sync(self.storage.remove, record.id)
             await self.store.forget_checkpoint(self.owner, record.id)
             job.progress = Progress()
@@ -569,6 +589,7 @@ class JobManager:
     async def _owned(self, statement: Any, job: Job) -> None:
         """Run an owner's statement, shielded (a query cut half-way would break the store's
         connection) but bounded; if the job is no longer ours, stop it at once."""
+        owned = None  # no answer in time: as if it could not be recorded
         with trio.CancelScope(shield=True) as scope:
             scope.deadline = trio.current_time() + FINAL_SAVE_TIMEOUT
             try:

@@ -19,6 +19,7 @@ import socket
 import subprocess
 import threading
 import time
+import zlib
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -36,6 +37,7 @@ from exporter.request import ExportRequest, parse_export_request
 from tests.dbproxy import DatabaseProxy
 from tests.support import (
     GATE_CLASS,
+    GATE_EVERY,
     GatedDatabase,
     Gates,
     UsersLock,
@@ -257,7 +259,7 @@ def first_difference(got: bytes, expected: bytes) -> str | None:
 
 def assert_export_files(folder: Path, export_id: str, expected: bytes) -> None:
     """The finished CSV and its gzip copy, nothing partial left, both COPY's bytes (the
-    gzip copy decompressed by Python's gzip and by gzip(1): a multi-member file too)."""
+    gzip copy decompressed by Python's gzip module and by gzip(1))."""
     assert files_of(folder, export_id) == [f"{export_id}.csv", f"{export_id}.csv.gz"]
     assert first_difference((folder / f"{export_id}.csv").read_bytes(), expected) is None
     packed = folder / f"{export_id}.csv.gz"
@@ -304,7 +306,7 @@ def run_to_gate(admin_url: str, gates: Gates, export_id: str) -> dict[str, Any]:
 def held_before(gate: int) -> list[int]:
     """The gates an export that read every row before ``gate`` has passed (and still
     holds, its transaction open)."""
-    return list(range(2001, gate, 1000))
+    return list(range(GATE_EVERY + 1, gate, GATE_EVERY))
 
 
 # -- 1. three processes, one queue ---------------------------------------------------------------
@@ -373,7 +375,9 @@ def test_two_apis_and_a_worker_share_one_queue(
             expected = copy_oracle(database, parse_export_request(REQUESTS[i]))
             assert_export_files(exports, export_id, expected)
             # The other API serves it too: the folder is shared.
-            download = apis[(i + 1) % 2].client.get(f"/exports/{export_id}/download")
+            download = apis[(i + 1) % 2].client.get(
+                f"/exports/{export_id}/download", headers={"Accept-Encoding": "identity"}
+            )
             assert download.status_code == 200
             assert first_difference(download.content, expected) is None
         assert sorted(p.name for p in exports.iterdir()) == sorted(
@@ -439,12 +443,48 @@ def test_killed_process_export_is_taken_over_from_its_checkpoint(
             assert doc["status"] == "completed", doc
             assert doc["attempt"] == 2 and doc["resumedFromRows"] == ROWS_AT_GATE
             assert doc["progress"]["processedRows"] == 30_000
+            assert_gzip_downloads(f"{b.url}/exports/{export_id}/download", expected)
     assert_export_files(exports, export_id, expected)
     # The bytes before the checkpoint were not written again: the same files, continued.
     csv, packed = exports / f"{export_id}.csv", exports / f"{export_id}.csv.gz"
     assert (csv.stat().st_ino, packed.stat().st_ino) == inodes
     assert csv.read_bytes()[: len(csv_head)] == csv_head
     assert packed.read_bytes()[: len(gz_head)] == gz_head
+
+
+def test_takeover_without_the_partial_files_starts_over(
+    gated_database: GatedDatabase, gates: Gates, tmp_path: Path, logs: Any
+) -> None:
+    """The checkpoint's files are gone (a wiped or other folder): the process taking the
+    job over cannot continue them, so it starts the export again from its first row."""
+    admin, exports = gated_database.admin_url, tmp_path / "exports"
+    expected = gated_database.oracle(ExportRequest())
+    gates.hold(EARLY_GATE)
+    gates.hold(GATE)
+    with service(gated_database.url, exports, logs("serve-a"), keep_queue=True, **ENV) as a:
+        export_id = submit(a.client)
+        run_to_gate(admin, gates, export_id)
+        old_backend = export_pid(admin, export_id)
+        a.process.send_signal(signal.SIGKILL)
+        a.process.wait(10)
+        for name in part_files(exports, export_id):
+            (exports / name).unlink()
+    with service(gated_database.url, exports, logs("serve-b"), **ENV) as b:
+        wait_row(admin, export_id, lambda r: r["attempt"] == 2, what="a takeover")
+        # From the first row again: it has passed every gate before the held one.
+        held = [(g, True) for g in held_before(GATE)] + [(GATE, False)]
+        deadline = time.monotonic() + 10
+        while gate_locks(admin, export_id, not_pid=old_backend) != held:
+            row = job_row(admin, export_id)
+            assert row["status"] == "processing", f"{row['status']}: {row['error']}"
+            assert time.monotonic() < deadline, gate_locks(admin, export_id, old_backend)
+            time.sleep(0.02)
+        gates.release(GATE)
+        doc = b.wait_for(export_id, "completed", "failed", "cancelled")
+        assert doc["status"] == "completed", doc
+        assert doc["attempt"] == 2 and doc["resumedFromRows"] is None, doc
+    assert_export_files(exports, export_id, expected)
+    assert f"export {export_id} starts over" in log_text(tmp_path, "serve-b")
 
 
 # -- 3. a worker stopped by SIGTERM ----------------------------------------------------------------
@@ -568,31 +608,35 @@ def test_worker_cut_from_the_database_stops_before_it_is_taken_over(
         )
         assert expired["owner"] == checkpoint["owner"] and expired["status"] == "processing"
         # By then the cut worker has stopped writing: its partial files stay as they are
-        # (watched for a moment before anyone may take them over).
+        # (watched for a moment, before another process is there to take them over).
         at_expiry = part_files(exports, export_id)
         time.sleep(0.5)
         assert part_files(exports, export_id) == at_expiry
         assert cut.process.poll() is None  # alive, only cut off
 
         with worker(gated_database.url, exports, logs("worker-2"), **ENV) as w2:
-            taken = wait_row(admin, export_id, lambda r: r["attempt"] == 2, what="a takeover")
-            assert taken["owner"].startswith(owner_prefix(w2.process))
+            wait_row(admin, export_id, lambda r: r["attempt"] == 2, what="a takeover")
             gates.release(GATE)
             doc = api.wait_for(export_id, "completed", "failed", "cancelled")
             assert doc["status"] == "completed", doc
             assert doc["attempt"] == 2
+            took_over = (
+                f"export {export_id} processing: attempt 2, owner {owner_prefix(w2.process)}"
+            )
+        assert took_over in log_text(tmp_path, "worker-2")
         assert_export_files(exports, export_id, expected)
-        # The cut worker left the job's files to whoever took it over: they resumed from
-        # the checkpoint instead of starting again.
-        assert at_expiry, "the cut worker removed the job's checkpointed files"
+        # The cut worker left the job's files to whoever took it over, who continued them
+        # from the checkpoint rather than starting again.
+        assert at_expiry, "the cut worker removed the job's partial files"
         assert doc["resumedFromRows"] == ROWS_AT_GATE, doc
 
 
 def test_worker_whose_lease_renewal_hangs_stops_before_the_lease_runs_out(
     gated_database: GatedDatabase, gates: Gates, tmp_path: Path, logs: Any
 ) -> None:
-    """The renewal's UPDATE cannot get through (the job's row is locked): the worker
-    must stop the export before the lease it could not renew runs out."""
+    """The renewal's UPDATE cannot get through (the test locks the job's row): the worker
+    must have stopped the export by the time the lease it could not renew runs out, and
+    left its files for the takeover."""
     admin, exports = gated_database.admin_url, tmp_path / "exports"
     expected = gated_database.oracle(ExportRequest())
     gates.hold(EARLY_GATE)
@@ -605,37 +649,44 @@ def test_worker_whose_lease_renewal_hangs_stops_before_the_lease_runs_out(
         export_id = submit(api.client)
         checkpoint = run_to_gate(admin, gates, export_id)
         assert checkpoint["owner"].startswith(owner_prefix(w1.process))
-        wait_row(  # at least one renewal went through
+        wait_row(  # a renewal went through since (the worker renews every LEASE_SECONDS / 3)
             admin, export_id, lambda r: r["lease_until"] > checkpoint["lease_until"]
         )
-        pid = export_pid(admin, export_id)
         parts = part_files(exports, export_id)
 
         with psycopg.connect(admin) as locker:
-            row = locker.execute(
+            locked = locker.execute(
                 "SELECT lease_until FROM export_jobs WHERE id = %s FOR UPDATE", (export_id,)
             ).fetchone()
-            assert row is not None
-            lease_until = row[0]
-            # Until the lease has run out by the database's clock, and a little more ...
+            assert locked is not None
+            lease_until = locked[0]  # renewals wait behind the lock from now on
             with psycopg.connect(admin, autocommit=True) as clock:
                 deadline = time.monotonic() + LEASE_SECONDS + 2
-                while clock.execute(
-                    "SELECT now() < %s + interval '0.3 s'", (lease_until,)
-                ).fetchone() == (True,):
+                while clock.execute("SELECT now() < %s", (lease_until,)).fetchone() == (True,):
                     assert time.monotonic() < deadline
-                    time.sleep(0.02)
-            # ... the worker has stopped the export: its query and connection are gone,
-            # the files are kept as they were for whoever takes the job over.
+                    time.sleep(0.01)
+            # The lease has run out (by the database's clock, the one claims go by): the
+            # worker's export has stopped, its query and connection gone, its files kept.
             assert backends(admin, export_id) == [], (
-                "the worker still runs the export after the lease it could not renew ran out"
+                "the worker still runs the export after its lease ran out"
             )
             assert {n: s[:2] for n, s in part_files(exports, export_id).items()} == {
                 n: s[:2] for n, s in parts.items()
             }
-            assert pid  # (its backend, gone)
+            # It says it leaves the job (to whoever takes it over), and is stopped: having
+            # no export any more, it has nothing to hand back.
+            left = f"export {export_id} left to the process that takes it over"
+            deadline = time.monotonic() + 10
+            while left not in log_text(tmp_path, "worker-1"):
+                assert time.monotonic() < deadline, "the worker never left the job (see its log)"
+                time.sleep(0.05)
+            w1.process.send_signal(signal.SIGTERM)
+            assert w1.process.wait(15) == 0
             locker.rollback()
+        row = job_row(admin, export_id)
+        assert row["status"] == "processing" and row["owner"] == checkpoint["owner"], row
 
+        # Taken over from the checkpoint, as a new attempt.
         with worker(gated_database.url, exports, logs("worker-2"), **ENV) as w2:
             taken = wait_row(admin, export_id, lambda r: r["attempt"] == 2, what="a takeover")
             assert taken["owner"].startswith(owner_prefix(w2.process))
@@ -645,7 +696,48 @@ def test_worker_whose_lease_renewal_hangs_stops_before_the_lease_runs_out(
             assert doc["status"] == "completed", doc
             assert doc["attempt"] == 2 and doc["resumedFromRows"] == ROWS_AT_GATE, doc
     assert_export_files(exports, export_id, expected)
-    assert "left to the process that takes it over" in log_text(tmp_path, "worker-1")
+
+
+def gzip_members(data: bytes) -> int:
+    count = 0
+    while data:
+        unpacker = zlib.decompressobj(zlib.MAX_WBITS | 16)
+        unpacker.decompress(data)
+        assert unpacker.eof
+        data, count = unpacker.unused_data, count + 1
+    return count
+
+
+def assert_gzip_downloads(url: str, expected: bytes) -> None:
+    """The download with ``Content-Encoding: gzip`` decodes to the whole CSV in ordinary
+    HTTP clients: httpx and curl --compressed (which, like browsers, read only the first
+    member of a multi-member gzip stream)."""
+    with httpx.Client(timeout=60) as client:
+        response = client.get(url, headers={"Accept-Encoding": "gzip"})
+    assert response.status_code == 200 and response.headers["content-encoding"] == "gzip"
+    assert first_difference(response.content, expected) is None, "httpx"
+    curl = subprocess.run(["curl", "-s", "-S", "--compressed", url], capture_output=True)
+    assert curl.returncode == 0, curl.stderr
+    assert first_difference(curl.stdout, expected) is None, "curl --compressed"
+
+
+def test_gzip_download_of_a_checkpointed_export_is_the_whole_csv(
+    gated_database: GatedDatabase, gates: Gates, tmp_path: Path, logs: Any
+) -> None:
+    """Checkpoints cut the gzip copy at points a takeover can continue from; served as
+    ``Content-Encoding: gzip``, the copy must still decode to the whole CSV."""
+    admin, exports = gated_database.admin_url, tmp_path / "exports"
+    expected = gated_database.oracle(ExportRequest())
+    gates.hold(EARLY_GATE)
+    gates.hold(GATE)
+    with service(gated_database.url, exports, logs("serve"), **ENV) as app:
+        export_id = submit(app.client)
+        run_to_gate(admin, gates, export_id)  # a checkpoint half-way, at least
+        gates.release(GATE)
+        assert app.wait_for(export_id, "completed", "failed", "cancelled")["status"] == "completed"
+        assert_export_files(exports, export_id, expected)
+        assert_gzip_downloads(f"{app.url}/exports/{export_id}/download", expected)
+    assert gzip_members((exports / f"{export_id}.csv.gz").read_bytes()) == 1
 
 
 # -- 6. a second serve process started beside a running export -------------------------------------
@@ -685,3 +777,66 @@ def test_second_serve_leaves_a_running_export_intact(
             assert job_row(admin, export_id)["owner"] is None
     assert_export_files(exports, export_id, expected)
     assert "export " + export_id not in log_text(tmp_path, "serve-b")
+
+
+# -- 7. exporter serve --workers N ------------------------------------------------------------
+
+
+def parent_pid(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("PPid:"):
+            return int(line.split()[1])
+    raise AssertionError(f"no PPid for {pid}")
+
+
+def test_serve_with_workers_runs_exports_in_its_children_and_hands_them_back(
+    gated_database: GatedDatabase, gates: Gates, tmp_path: Path, logs: Any
+) -> None:
+    """``serve --workers 2``: the API process runs no export, its two worker children do;
+    SIGTERM to the API stops the children, which hand their exports back to the queue."""
+    admin, exports = gated_database.admin_url, tmp_path / "exports"
+    expected = gated_database.oracle(ExportRequest())
+    gates.hold(GATE)
+    with service(
+        gated_database.url,
+        exports,
+        logs("serve"),
+        "--workers",
+        "2",
+        keep_queue=True,
+        MAX_CONCURRENT_EXPORTS="1",  # in each worker: the two exports go one to each
+        **ENV,
+    ) as api:
+        ids = [submit(api.client), submit(api.client)]
+        held = [(g, True) for g in held_before(GATE)] + [(GATE, False)]
+        for export_id in ids:
+            wait_for_gate_locks(admin, export_id, held)
+        children = set()
+        for export_id in ids:
+            owner = job_row(admin, export_id)["owner"]
+            pid = int(owner.split(":")[1])
+            assert pid != api.process.pid and parent_pid(pid) == api.process.pid, owner
+            children.add(pid)
+        assert len(children) == 2
+        api.client.close()  # no idle keep-alive connection for the server to wait out
+        api.process.send_signal(signal.SIGTERM)
+        assert api.process.wait(30) == 0
+    for pid in children:
+        assert not Path(f"/proc/{pid}").exists(), f"worker {pid} outlived the API process"
+    for export_id in ids:
+        row = job_row(admin, export_id)
+        assert row["status"] == "pending" and row["owner"] is None and row["attempt"] == 1, row
+        assert len(part_files(exports, export_id)) == 2
+
+    gates.release(GATE)
+    with worker(gated_database.url, exports, logs("worker"), **ENV):
+        for export_id in ids:
+            row = wait_row(
+                admin,
+                export_id,
+                lambda r: r["status"] != "processing" and r["status"] != "pending",
+                timeout=30,
+                what="the end",
+            )
+            assert row["status"] == "completed" and row["attempt"] == 1, row
+            assert_export_files(exports, export_id, expected)
