@@ -301,28 +301,47 @@ def service(
     end unless the test stopped it already. Then the jobs it left in the queue are
     cancelled (``abandon_queue``), unless ``keep_queue`` (another process takes them on)."""
     port = free_port()
-    environment = {
-        **os.environ,
-        "DATABASE_URL": conninfo,
-        "EXPORT_DIR": str(export_dir),
-        "BIND": f"127.0.0.1:{port}",
-        **env,
-    }
-    process = subprocess.Popen(
-        [sys.executable, "-m", "exporter", "serve", *args], env=environment, stderr=stderr
-    )
     url = f"http://127.0.0.1:{port}"
+    env = {"BIND": f"127.0.0.1:{port}", **env}
+    command = ["serve", *args]
+    with _process(command, url, "/ready", conninfo, export_dir, stderr, keep_queue, env) as (
+        process,
+        client,
+    ):
+        yield Service(url, process, client)
+
+
+@contextlib.contextmanager
+def _process(
+    command: list[str],
+    url: str,
+    ready: str,
+    conninfo: str,
+    export_dir: Path,
+    stderr: Any,
+    keep_queue: bool,
+    env: dict[str, str],
+) -> Iterator[tuple[subprocess.Popen[bytes], httpx.Client]]:
+    """``exporter <command>`` as its own process, until the block ends; ready once ``ready``
+    answers 200 (``/ready``: recovered, database up). Stopped by SIGTERM at the end unless
+    the test stopped it already; then the jobs left in the queue are cancelled
+    (``abandon_queue``), unless ``keep_queue`` (another process takes them on)."""
+    environment = {**os.environ, "DATABASE_URL": conninfo, "EXPORT_DIR": str(export_dir), **env}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "exporter", *command], env=environment, stderr=stderr
+    )
     try:
         with httpx.Client(base_url=url, timeout=60) as client:
             deadline = time.monotonic() + 30
             while True:
-                assert process.poll() is None, f"exporter serve exited ({process.returncode})"
+                name = f"exporter {command[0]}"
+                assert process.poll() is None, f"{name} exited ({process.returncode})"
                 with contextlib.suppress(httpx.TransportError):
-                    if client.get("/ready").status_code == 200:  # recovered, database up
+                    if client.get(ready).status_code == 200:
                         break
-                assert time.monotonic() < deadline, "exporter serve never became ready"
+                assert time.monotonic() < deadline, f"{name} never answered {ready}"
                 time.sleep(0.1)
-            yield Service(url, process, client)
+            yield process, client
     finally:
         if process.poll() is None:
             process.terminate()
@@ -394,27 +413,10 @@ def worker(
     stopped by SIGTERM at the end unless the test stopped it already; then the jobs left
     in the queue are cancelled, unless ``keep_queue``."""
     port = free_port()
-    environment = {**os.environ, "DATABASE_URL": conninfo, "EXPORT_DIR": str(export_dir), **env}
-    process = subprocess.Popen(
-        [sys.executable, "-m", "exporter", "worker", "--bind", f"127.0.0.1:{port}", *args],
-        env=environment,
-        stderr=stderr,
-    )
     url = f"http://127.0.0.1:{port}"
-    try:
-        with httpx.Client(base_url=url, timeout=60) as client:
-            deadline = time.monotonic() + 30
-            while True:
-                assert process.poll() is None, f"exporter worker exited ({process.returncode})"
-                with contextlib.suppress(httpx.TransportError):
-                    if client.get("/health").status_code == 200:
-                        break
-                assert time.monotonic() < deadline, "exporter worker never answered /health"
-                time.sleep(0.1)
-            yield Worker(url, process, client)
-    finally:
-        if process.poll() is None:
-            process.terminate()
-            process.wait(60)
-        if not keep_queue:
-            abandon_queue(conninfo)
+    command = ["worker", "--bind", f"127.0.0.1:{port}", *args]
+    with _process(command, url, "/health", conninfo, export_dir, stderr, keep_queue, env) as (
+        process,
+        client,
+    ):
+        yield Worker(url, process, client)
