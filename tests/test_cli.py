@@ -177,6 +177,10 @@ async def test_export_cancelled_elsewhere_exits_1_with_the_reason(
     assert leftovers(target) == [] and not target.exists()
 
 
+def _sigint_as_from_a_terminal() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 async def test_ctrl_c_with_cancel_on_interrupt_cancels_the_job(
     start_server: StartServer, database: str, users_lock: Callable[[], UsersLock], tmp_path: Path
 ) -> None:
@@ -188,6 +192,9 @@ async def test_ctrl_c_with_cancel_on_interrupt_cancels_the_job(
          "--cancel-on-interrupt"],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
+        # As from a terminal: a shell that starts the suite in the background leaves SIGINT
+        # ignored, and a program that starts with it ignored never sees Ctrl-C at all.
+        preexec_fn=_sigint_as_from_a_terminal,
     )  # fmt: skip
     with trio.fail_after(30):
         while not (tmp_path / "x.csv.part.json").exists():
