@@ -43,6 +43,7 @@ from tests.support import (
     UsersLock,
     backends,
     copy_oracle,
+    free_port,
     rows_before_gate,
     service,
     wait_until_blocked_sync,
@@ -782,6 +783,33 @@ def test_second_serve_leaves_a_running_export_intact(
 # -- 7. exporter serve --workers N ------------------------------------------------------------
 
 
+def children_of(pid: int) -> set[int]:
+    found = set()
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError, ValueError):
+                if parent_pid(int(entry.name)) == pid:
+                    found.add(int(entry.name))
+    return found
+
+
+def test_a_worker_that_dies_is_started_again(tmp_path: Path, database: str, logs: Any) -> None:
+    with service(database, tmp_path / "exports", logs("serve"), "--workers", "1", **ENV) as api:
+        deadline = time.monotonic() + 30
+        while not (first := children_of(api.process.pid)):
+            assert time.monotonic() < deadline, "no worker started"
+            time.sleep(0.05)
+        (pid,) = first
+        os.kill(pid, signal.SIGKILL)
+        while not (again := children_of(api.process.pid) - {pid}):
+            assert time.monotonic() < deadline, "the dead worker was not started again"
+            time.sleep(0.05)
+        # The new one works: an export submitted now completes.
+        export_id = submit(api.client)
+        doc = api.wait_for(export_id, "completed", "failed", timeout=30)
+        assert doc["status"] == "completed" and again
+
+
 def parent_pid(pid: int) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("PPid:"):
@@ -792,11 +820,14 @@ def parent_pid(pid: int) -> int:
 def test_serve_with_workers_runs_exports_in_its_children_and_hands_them_back(
     gated_database: GatedDatabase, gates: Gates, tmp_path: Path, logs: Any
 ) -> None:
-    """``serve --workers 2``: the API process runs no export, its two worker children do;
-    SIGTERM to the API stops the children, which hand their exports back to the queue."""
+    """``serve --workers 2``: the API process runs no export, its two worker children do,
+    each counting its own on a port of its own while the API's /metrics counts the queue;
+    a worker that dies is started again; SIGTERM to the API stops the children, which hand
+    their exports back to the queue."""
     admin, exports = gated_database.admin_url, tmp_path / "exports"
     expected = gated_database.oracle(ExportRequest())
     gates.hold(GATE)
+    metrics_port = free_port()
     with service(
         gated_database.url,
         exports,
@@ -805,6 +836,7 @@ def test_serve_with_workers_runs_exports_in_its_children_and_hands_them_back(
         "2",
         keep_queue=True,
         MAX_CONCURRENT_EXPORTS="1",  # in each worker: the two exports go one to each
+        WORKER_METRICS_PORT=str(metrics_port),
         **ENV,
     ) as api:
         ids = [submit(api.client), submit(api.client)]
@@ -818,6 +850,14 @@ def test_serve_with_workers_runs_exports_in_its_children_and_hands_them_back(
             assert pid != api.process.pid and parent_pid(pid) == api.process.pid, owner
             children.add(pid)
         assert len(children) == 2
+        # Each worker's own counters on its port, the whole queue's on the API's /metrics.
+        for index in range(2):
+            scraped = httpx.get(f"http://127.0.0.1:{metrics_port + index}/metrics").text
+            assert "exporter_exports_running 1.0" in scraped, scraped
+        deadline = time.monotonic() + 5
+        while 'exporter_queue_jobs{status="running"} 2.0' not in api.client.get("/metrics").text:
+            assert time.monotonic() < deadline, "the API's /metrics never counted 2 running"
+            time.sleep(0.1)
         api.client.close()  # no idle keep-alive connection for the server to wait out
         api.process.send_signal(signal.SIGTERM)
         assert api.process.wait(30) == 0
