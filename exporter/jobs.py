@@ -472,13 +472,17 @@ class JobManager:
                 job.lost = True  # its deadline passed: the lease could not be renewed
             if job.cancel_requested:
                 status, error = ExportStatus.CANCELLED, None
-            with trio.CancelScope(shield=True) as final_scope:
-                final_scope.deadline = trio.current_time() + FINAL_SAVE_TIMEOUT
-                await self._end(job, status, error)
-            del self._running[record.id]
-            self._count("running", -1)
-            self._slots.release()
-            job.done.set()
+            try:
+                with trio.CancelScope(shield=True) as final_scope:
+                    final_scope.deadline = trio.current_time() + FINAL_SAVE_TIMEOUT
+                    await self._end(job, status, error)
+            except Exception:  # the slot must come back whatever went wrong here
+                log.exception("export %s: could not finish its end", record.id)
+            finally:
+                del self._running[record.id]
+                self._count("running", -1)
+                self._slots.release()
+                job.done.set()
 
     async def _end(self, job: Job, status: ExportStatus | None, error: str | None) -> None:
         record = job.record
