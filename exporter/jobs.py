@@ -503,26 +503,26 @@ class JobManager:
         if status != ExportStatus.COMPLETED:
             record.completed_at = utcnow()
             record.file_size = None
-        if status == ExportStatus.CANCELLED:
-            # Asked for (and recorded as asked: no takeover would run it again), so the
-            # files go first: once it says cancelled, wherever the asker waits, they are gone.
-            await trio.to_thread.run_sync(self.storage.remove, record.id)
+        if status != ExportStatus.COMPLETED:
+            # Files first, so that once it says failed or cancelled they are gone; but only
+            # while the job is still this process's and its end can be recorded: else a
+            # process that takes it over when its lease runs out continues from them.
+            held = await self._holds(record.id)
+            if held is False:
+                log.warning("export %s was no longer this process's at its end", record.id)
+                return
+            if held:
+                await trio.to_thread.run_sync(self.storage.remove, record.id)
         if self.metrics is not None:
             self.metrics.export_ended(
                 status, record.processed_rows, record.file_size or 0, _duration(record)
             )
         try:
-            recorded = await self.store.finish(self.owner, record)
+            if not await self.store.finish(self.owner, record):
+                log.warning("export %s was no longer this process's at its end", record.id)
         except Exception:
             log.exception("could not record the end of export %s; will retry", record.id)
-            # Its files stay until its end is recorded: if its lease runs out first, the
-            # process that takes it over continues from them.
             self._unsaved[record.id] = record
-        else:
-            if recorded:
-                await self._remove_unwanted_files(record)
-            else:
-                log.warning("export %s was no longer this process's at its end", record.id)
         _log_transition(
             record,
             rows=record.processed_rows,
@@ -533,10 +533,17 @@ class JobManager:
         )
 
     async def _remove_unwanted_files(self, record: JobRecord) -> None:
-        """A job recorded as failed loses its files (its end first: until it is recorded,
-        a takeover may still need them, when its lease runs out)."""
-        if record.status == ExportStatus.FAILED:
+        if record.status != ExportStatus.COMPLETED:
             await trio.to_thread.run_sync(self.storage.remove, record.id)
+
+    async def _holds(self, job_id: uuid.UUID) -> bool | None:
+        """Whether the job is still this process's (its lease renewed now); None when the
+        database cannot say."""
+        try:
+            held = await self.store.renew(self.owner, [job_id], self.lease)
+        except (StoreUnavailable, psycopg.Error):
+            return None
+        return job_id in held
 
     async def _export(self, job: Job) -> None:
         record = job.record
