@@ -499,11 +499,11 @@ class JobManager:
             else:
                 _log_transition(record, "handed_back", rows=record.processed_rows)
             return
-        record.status, record.error = status, error
+        # The end is made on a copy: the status shows it (from memory) only once it holds.
+        record = dataclasses.replace(record, status=status, error=error)
         if status != ExportStatus.COMPLETED:
             record.completed_at = utcnow()
             record.file_size = None
-        if status != ExportStatus.COMPLETED:
             # Files first, so that once it says failed or cancelled they are gone; but only
             # while the job is still this process's and its end can be recorded: else a
             # process that takes it over when its lease runs out continues from them.
@@ -523,6 +523,7 @@ class JobManager:
         except Exception:
             log.exception("could not record the end of export %s; will retry", record.id)
             self._unsaved[record.id] = record
+        job.record = record
         _log_transition(
             record,
             rows=record.processed_rows,
@@ -541,7 +542,8 @@ class JobManager:
         database cannot say."""
         try:
             held = await self.store.renew(self.owner, [job_id], self.lease)
-        except (StoreUnavailable, psycopg.Error):
+        except (StoreUnavailable, psycopg.Error) as exc:
+            log.warning("export %s: cannot tell whether it is still ours: %s", job_id, exc)
             return None
         return job_id in held
 

@@ -553,13 +553,18 @@ async def export_csv(
         return size
     finally:
         with trio.CancelScope(shield=True):
-            if not committed:
-                for sink in (csv.sink, None if gz is None else gz.sink):
-                    if sink is not None:
-                        end = sink.close if keep_partial else sink.discard
-                        await trio.to_thread.run_sync(end)
-            # Closing ends the transaction and the backend with it.
-            await trio.to_thread.run_sync(conn.close)
+            try:
+                if not committed:
+                    for sink in (csv.sink, None if gz is None else gz.sink):
+                        if sink is not None:
+                            end = sink.close if keep_partial else sink.discard
+                            # A full disk may fail the close's last flush: the next sink
+                            # and the connection are closed all the same.
+                            with contextlib.suppress(OSError):
+                                await trio.to_thread.run_sync(end)
+            finally:
+                # Closing ends the transaction and the backend with it.
+                await trio.to_thread.run_sync(conn.close)
 
 
 async def _open_outputs(

@@ -148,9 +148,9 @@ class PartFile:
         return self._file.tell()
 
     def close(self) -> None:
-        if self._file is not None:
-            self._file.close()
-            self._file = None
+        file, self._file = self._file, None
+        if file is not None:
+            file.close()
 
     def commit(self) -> int:
         """Flush, fsync, rename into place and fsync the folder; returns the final size."""
@@ -163,8 +163,10 @@ class PartFile:
         return self.final.stat().st_size
 
     def discard(self) -> None:
-        self.close()
-        self.part.unlink(missing_ok=True)
+        try:
+            self.close()
+        finally:
+            self.part.unlink(missing_ok=True)
 
 
 def _fsync_dir(path: Path) -> None:
