@@ -490,15 +490,10 @@ async def export_csv(
     """Export ``request`` into ``storage`` as the export ``export_id``; returns the CSV's size.
 
     ``row_source``: ``cursor`` (a server-side cursor, values encoded here) or ``copy``
-    (PostgreSQL's ``COPY … TO STDOUT`` writes the CSV lines; faster). Both feed the same
-    channel and writer, and write the same bytes.
-
-    Every ``checkpoint_interval`` seconds (at the end of a range of ids) the files are made
-    durable and ``on_checkpoint`` is told how far; ``resume`` continues from such a
-    checkpoint, after the rows it holds (``CannotResume`` if its files are not there).
-
-    On failure or cancellation the partial files are removed, or, with ``keep_partial``,
-    kept for a later attempt to continue (the caller then decides).
+    (``COPY … TO STDOUT`` writes the CSV lines): the same bytes. Every ``checkpoint_interval``
+    seconds (at a range's end) the files are made durable and ``on_checkpoint`` told how
+    far; ``resume`` continues from such a checkpoint (``CannotResume`` if its files are
+    not there). On failure the partial files are removed, or kept with ``keep_partial``.
     """
     if request.neutralize_formulas:
         row_source = "cursor"  # COPY's lines would have to be parsed again to change them
@@ -521,29 +516,17 @@ async def export_csv(
             progress.processed_rows, progress.bytes_written = resume.rows, resume.csv_bytes
         progress.started_at = time.monotonic()
 
-        source = RowSource(conn, request, row_source, batch_rows)
         first = 0 if resume is None else resume.last_id
-        ranges = id_ranges(first, last_id, batch_rows * RANGE_BATCHES)
-        checkpoints = Checkpoints(checkpoint_interval, on_checkpoint)
-        send_rows, receive_rows = trio.open_memory_channel[RowItem](channel_batches)
-        async with trio.open_nursery() as nursery:
-            send_csv: trio.MemorySendChannel[CsvItem] | None = None
-            if gz is not None:
-                send_csv, receive_csv = trio.open_memory_channel[CsvItem](GZIP_CHANNEL_BLOCKS)
-                if header:
-                    send_csv.send_nowait(header)  # the gzip copy begins with it too
-                nursery.start_soon(compress, receive_csv, gz, on_checkpoint)
-            nursery.start_soon(
-                functools.partial(read_batches, progress=progress), source, ranges, send_rows
-            )
-            nursery.start_soon(
-                functools.partial(write_batches, progress=progress),
-                receive_rows,
-                csv,
-                send_csv,
-                checkpoints,
-            )
-
+        await _copy_rows(
+            RowSource(conn, request, row_source, batch_rows),
+            id_ranges(first, last_id, batch_rows * RANGE_BATCHES),
+            csv,
+            gz,
+            header,
+            channel_batches=channel_batches,
+            checkpoints=Checkpoints(checkpoint_interval, on_checkpoint),
+            progress=progress,
+        )
         progress.total_rows = progress.processed_rows  # the estimate has served its purpose
         # The gzip copy is committed first: once the CSV is in place, everything is.
         if gz is not None:
@@ -565,6 +548,38 @@ async def export_csv(
             finally:
                 # Closing ends the transaction and the backend with it.
                 await trio.to_thread.run_sync(conn.close)
+
+
+async def _copy_rows(
+    source: RowSource,
+    ranges: list[IdRange],
+    csv: CsvOutput,
+    gz: GzipOutput | None,
+    header: bytes,
+    *,
+    channel_batches: int,
+    checkpoints: Checkpoints,
+    progress: Progress,
+) -> None:
+    """The reader, the writer and (for a gzip copy) the compressor, joined by channels."""
+    send_rows, receive_rows = trio.open_memory_channel[RowItem](channel_batches)
+    async with trio.open_nursery() as nursery:
+        send_csv: trio.MemorySendChannel[CsvItem] | None = None
+        if gz is not None:
+            send_csv, receive_csv = trio.open_memory_channel[CsvItem](GZIP_CHANNEL_BLOCKS)
+            if header:
+                send_csv.send_nowait(header)  # the gzip copy begins with it too
+            nursery.start_soon(compress, receive_csv, gz, checkpoints.record)
+        nursery.start_soon(
+            functools.partial(read_batches, progress=progress), source, ranges, send_rows
+        )
+        nursery.start_soon(
+            functools.partial(write_batches, progress=progress),
+            receive_rows,
+            csv,
+            send_csv,
+            checkpoints,
+        )
 
 
 async def _open_outputs(
