@@ -9,11 +9,8 @@ of Quart.
 from __future__ import annotations
 
 import hmac
-import json
 import logging
-import time
 from collections.abc import Awaitable, Callable
-from typing import Any
 
 from quart import Response, request
 from quart_trio import QuartTrio
@@ -22,6 +19,7 @@ from werkzeug.exceptions import HTTPException
 from exporter.api import ExportIdConverter, ExportNotFound, Services, routes
 from exporter.config import Settings
 from exporter.download import HTTPConnection
+from exporter.health import health_fast_path
 from exporter.jobs import JobManager
 from exporter.metrics import Metrics
 from exporter.problems import problem, retry_later, validation_problem
@@ -31,8 +29,6 @@ from exporter.store import JobStore, StoreUnavailable
 from exporter.supervisor import supervise
 
 log = logging.getLogger(__name__)
-
-ASGIApp = Callable[[Any, Any, Any], Awaitable[None]]
 
 # Bigger request bodies than this are refused before they are read: parameters are tiny.
 MAX_BODY_BYTES = 64 * 1024
@@ -120,36 +116,3 @@ def _bearer_token_check(api_token: str) -> Callable[[], Awaitable[Response | Non
         return response
 
     return authenticate
-
-
-def health_fast_path(asgi_app: ASGIApp, jobs: JobManager, metrics: Metrics) -> ASGIApp:
-    """``GET|HEAD /health`` answered before Quart sees the request.
-
-    Health checks must answer at once however loaded the process is. Quart's request
-    machinery costs a few milliseconds of GIL-holding work per request; under two
-    exports each of those milliseconds waits on the export threads (bench/health.py).
-    The answer comes from memory only: the database may be slow or away.
-    """
-
-    async def app(scope: Any, receive: Any, send: Any) -> None:
-        if (
-            scope["type"] != "http"
-            or scope["path"] != "/health"
-            or scope["method"] not in ("GET", "HEAD")
-        ):
-            return await asgi_app(scope, receive, send)
-        started = time.perf_counter()
-        body = json.dumps({"status": "ok", "exports": jobs.counts()}).encode()
-        headers = [
-            (b"content-type", b"application/json"),
-            (b"content-length", str(len(body)).encode()),
-            (b"cache-control", b"no-store"),
-        ]
-        await send({"type": "http.response.start", "status": 200, "headers": headers})
-        await send(
-            {"type": "http.response.body", "body": b"" if scope["method"] == "HEAD" else body}
-        )
-        metrics.health.observe(time.perf_counter() - started)
-        return None
-
-    return app

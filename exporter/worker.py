@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import trio_asyncio
@@ -18,6 +17,7 @@ import trio
 from hypercorn.trio import serve
 
 from exporter.config import Settings
+from exporter.health import ASGIApp, health_fast_path
 from exporter.jobs import JobManager
 from exporter.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from exporter.metrics import Metrics
@@ -28,11 +28,8 @@ from exporter.store import JobStore
 log = logging.getLogger(__name__)
 
 
-ASGIApp = Callable[[Any, Any, Any], Awaitable[None]]
-
-
 def worker_app(jobs: JobManager, metrics: Metrics) -> ASGIApp:
-    """``/health`` and ``/metrics`` of a worker, answered from memory; 404 otherwise."""
+    """``/health`` (as the API answers it) and ``/metrics`` of a worker; 404 otherwise."""
 
     async def app(scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] == "lifespan":
@@ -40,23 +37,18 @@ def worker_app(jobs: JobManager, metrics: Metrics) -> ASGIApp:
                 await send({"type": "lifespan.startup.complete"})
             await send({"type": "lifespan.shutdown.complete"})
             return
-        if scope["path"] == "/health":
-            body = (
-                b'{"status": "ok", "role": "worker", "exports": '
-                + str(jobs.counts()["running"]).encode()
-                + b"}"
-            )
-            content_type = b"application/json"
-            status = 200
-        elif scope["path"] == "/metrics":
-            body, content_type, status = metrics.exposition(), METRICS_CONTENT_TYPE.encode(), 200
+        if scope["path"] == "/metrics":
+            body, content_type, status = metrics.exposition(), METRICS_CONTENT_TYPE, 200
         else:
-            body, content_type, status = b"not found\n", b"text/plain", 404
-        headers = [(b"content-type", content_type), (b"content-length", str(len(body)).encode())]
+            body, content_type, status = b"not found\n", "text/plain", 404
+        headers = [
+            (b"content-type", content_type.encode()),
+            (b"content-length", str(len(body)).encode()),
+        ]
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
 
-    return app
+    return health_fast_path(app, jobs, metrics)
 
 
 async def run_worker(settings: Settings, conninfo: str, bind: str | None = None) -> None:

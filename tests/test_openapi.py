@@ -43,7 +43,7 @@ def test_paths_and_methods_match_the_routes() -> None:
     }
     # Quart answers HEAD for every GET route on its own; only the download documents it.
     routes = {(p, m) for p, m in routes if m != "head" or p.endswith("/download")}
-    routes.add(("/health", "get"))  # answered ahead of Quart, by app.health_fast_path
+    routes.add(("/health", "get"))  # answered ahead of Quart, by health.health_fast_path
     assert routes == documented
 
 
