@@ -37,6 +37,7 @@ import statistics
 import sys
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import psutil
@@ -142,6 +143,24 @@ def check(doc: dict[str, Any]) -> bool:
     return bool(doc["status"] == "completed")
 
 
+def wait_completed(
+    app: Service, export_ids: list[str], between: Callable[[], None]
+) -> dict[str, dict[str, Any]]:
+    """Poll the exports gently (every POLL_SECONDS, calling ``between`` each time) until
+    every one is completed; returns their final status documents."""
+    pending = set(export_ids)
+    docs: dict[str, dict[str, Any]] = {}
+    while pending:
+        time.sleep(POLL_SECONDS)
+        between()
+        for export_id in list(pending):
+            doc = app.client.get(f"/exports/{export_id}/status").json()
+            if check(doc):
+                pending.discard(export_id)
+                docs[export_id] = doc
+    return docs
+
+
 def delete_all(app: Service, ids: list[str]) -> list[str]:
     """DELETE every export of ``ids``; returns those whose CSV file is still there."""
     for export_id in ids:
@@ -181,19 +200,15 @@ def health_run(conninfo: str, label: str, env: dict[str, str], hz: float, downlo
             clients = [curl(download_url, DOWNLOAD_RATE) for _ in range(downloads)]
             export_ids = [post_export(app, ids) for _ in range(HEALTH_EXPORTS)]
             downloads_done = 0
-            pending = set(export_ids)
-            docs: dict[str, dict[str, Any]] = {}
-            while pending:
-                time.sleep(POLL_SECONDS)
+
+            def download_again() -> None:
+                nonlocal downloads_done
                 for i, client in enumerate(clients):
                     if client.poll() is not None:  # finished: download it again
                         downloads_done += client.returncode == 0
                         clients[i] = curl(download_url, DOWNLOAD_RATE)
-                for export_id in list(pending):
-                    doc = app.client.get(f"/exports/{export_id}/status").json()
-                    if check(doc):
-                        pending.discard(export_id)
-                        docs[export_id] = doc
+
+            docs = wait_completed(app, export_ids, download_again)
             ended = time.perf_counter() - origin
             cpu_after = cpu_seconds(pid)
             sampler.stopping.set()
@@ -271,17 +286,13 @@ def throughput_run(conninfo: str, workers: int, baseline: Any) -> Any:
             cpu_before = cpu_seconds(pid)
             started = time.perf_counter()
             export_ids = [post_export(app, ids) for _ in range(THROUGHPUT_EXPORTS)]
-            pending = set(export_ids)
-            docs: dict[str, dict[str, Any]] = {}
             most_children = children_at_start
-            while pending:
-                time.sleep(POLL_SECONDS)
+
+            def count_children() -> None:
+                nonlocal most_children
                 most_children = max(most_children, len(children(pid)))
-                for export_id in list(pending):
-                    doc = app.client.get(f"/exports/{export_id}/status").json()
-                    if check(doc):
-                        pending.discard(export_id)
-                        docs[export_id] = doc
+
+            docs = wait_completed(app, export_ids, count_children)
             client_wall = time.perf_counter() - started
             cpu_after = cpu_seconds(pid)
             identical = [files_equal(EXPORTS / f"{i}.csv", baseline) for i in export_ids]
