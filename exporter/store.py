@@ -315,17 +315,16 @@ class JobStore:
             (job_id, owner),
         )
 
-    async def finish(self, owner: str | None, record: JobRecord) -> bool:
-        """The job's end (completed, failed or cancelled), by its owner (or, for a job
-        nobody runs, by anyone: ``owner`` None); tells every process it ended."""
+    async def finish(self, owner: str, record: JobRecord) -> bool:
+        """The job's end (completed, failed or cancelled), by its owner; tells every
+        process it ended."""
         rows = await self.query(
             "UPDATE export_jobs SET status = %(status)s, error = %(error)s,"
             " processed_rows = %(processed_rows)s, total_rows = %(total_rows)s,"
             " bytes_written = %(bytes_written)s, file_size = %(file_size)s,"
             " completed_at = %(completed_at)s, expires_at = %(expires_at)s,"
             " owner = NULL, lease_until = NULL, updated_at = now()"
-            " WHERE id = %(id)s AND status IN ('pending', 'processing')"
-            "  AND owner IS NOT DISTINCT FROM %(owner)s"
+            " WHERE id = %(id)s AND owner = %(owner)s AND status = 'processing'"
             f" RETURNING id, pg_notify('{CHANNEL}', 'ended:' || id)",
             {
                 "status": record.status,
