@@ -34,9 +34,12 @@ from exporter.openapi import openapi_document
 from exporter.problems import problem, retry_later
 from exporter.request import FieldError, RequestInvalid, parse_export_request
 from exporter.states import ExportStatus
+from exporter.storage import ExportStoreError
 from exporter.store import StoreUnavailable
 
 # The status page at /: one static file, read once.
+# How long /ready waits for the export store to answer before it says the store is down.
+STORE_CHECK_SECONDS = 2.0
 STATUS_PAGE = (Path(__file__).parent / "static" / "index.html").read_bytes()
 
 routes = Blueprint("exports", __name__)
@@ -99,10 +102,22 @@ async def ready() -> Response | dict[str, Any]:
     except StoreUnavailable as error:
         current_app.logger.warning("not ready: %s", error)
         return retry_later(503, "Not ready", "the job database cannot be reached", database="down")
+    storage = services().jobs.storage
+    problem_with_store: str | None = None
+    with trio.move_on_after(STORE_CHECK_SECONDS) as waited:
+        try:
+            await trio.to_thread.run_sync(storage.check, abandon_on_cancel=True)
+        except ExportStoreError as error:
+            problem_with_store = str(error)
+    if waited.cancelled_caught:
+        problem_with_store = f"{storage.description} did not answer within {STORE_CHECK_SECONDS} s"
+    if problem_with_store is not None:
+        current_app.logger.warning("not ready: %s", problem_with_store)
+        return retry_later(503, "Not ready", problem_with_store, database="up", exportStore="down")
     if not services().jobs.recovered.is_set():
         detail = "looking at the export files left by earlier runs"
-        return retry_later(503, "Not ready", detail, database="up")
-    return {"status": "ready", "database": "up"}
+        return retry_later(503, "Not ready", detail, database="up", exportStore="up")
+    return {"status": "ready", "database": "up", "exportStore": "up"}
 
 
 @routes.get("/metrics")
@@ -200,6 +215,7 @@ async def export_download(export_id: uuid.UUID) -> Response:
         export_id,
         {name.lower(): value for name, value in request.headers.items()},
         request.method,
+        redirect=settings.download_mode == "redirect",
         zero_copy=settings.zero_copy,
         metrics=services().metrics,
     )

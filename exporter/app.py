@@ -24,7 +24,7 @@ from exporter.jobs import JobManager
 from exporter.metrics import Metrics
 from exporter.problems import problem, retry_later, validation_problem
 from exporter.request import RequestInvalid
-from exporter.storage import FolderStorage
+from exporter.storage import ExportStoreError, open_storage
 from exporter.store import JobStore, StoreUnavailable
 from exporter.supervisor import supervise
 
@@ -45,7 +45,7 @@ def create_app(settings: Settings, conninfo: str) -> QuartTrio:
     app.url_map.converters["export_id"] = ExportIdConverter
     # With workers, they run the exports: this process serves the API only.
     job_settings = settings.replace(max_concurrent_exports=0) if settings.workers else settings
-    storage = FolderStorage(settings.export_dir)
+    storage = open_storage(settings.storage)
     jobs = JobManager(job_settings, conninfo, JobStore(conninfo), storage)
     metrics = jobs.metrics = Metrics(jobs.counts, jobs.global_counts)
     app.extensions["exporter"] = Services(settings, jobs, metrics)
@@ -89,6 +89,11 @@ def _add_error_handlers(app: QuartTrio) -> None:
         return retry_later(
             503, "Database unavailable", "the job database cannot be reached; try again shortly"
         )
+
+    @app.errorhandler(ExportStoreError)
+    async def export_store_down(error: ExportStoreError) -> Response:
+        log.warning("export store unavailable: %s", error)
+        return retry_later(503, "Export store unavailable", str(error))
 
     @app.errorhandler(Exception)
     async def internal_error(error: Exception) -> Response:

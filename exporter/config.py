@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -15,6 +16,11 @@ from pathlib import Path
 ROW_SOURCES = ("cursor", "copy")
 # Seconds a downloading client may accept no byte at all before it is dropped (SEND_TIMEOUT).
 SEND_TIMEOUT = 120.0
+
+
+DOWNLOAD_MODES = ("redirect", "proxy")
+# A bucket name as S3 allows it (3-63 lower-case letters, digits, dots and hyphens).
+_BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 
 
 class SettingsError(ValueError):
@@ -26,6 +32,12 @@ class Settings:
     # None: start the embedded PostgreSQL (exporter serve) under ``embedded_pg_dir``.
     database_url: str | None = None
     export_dir: Path = Path("exports")
+    # Where export files live: a folder (EXPORT_DIR) or "s3://bucket/prefix", an
+    # S3-compatible object store reached with the standard AWS_* settings.
+    export_storage: str | None = None
+    # Downloads from an object store: "redirect" (307 to a short-lived link into the
+    # store) or "proxy" (this service streams the object, for stores clients cannot reach).
+    download_mode: str = "redirect"
     bind: str = "127.0.0.1:8080"
     embedded_pg_dir: Path = Path(".pgdata")
     # Exports this process runs at once; 0: none (an API process beside workers).
@@ -117,6 +129,8 @@ class Settings:
         return cls(
             database_url=env.get("DATABASE_URL") or None,
             export_dir=Path(env.get("EXPORT_DIR") or defaults.export_dir),
+            export_storage=_storage(env.get("EXPORT_STORAGE") or None),
+            download_mode=choice("DOWNLOAD_MODE", defaults.download_mode, DOWNLOAD_MODES),
             bind=env.get("BIND") or defaults.bind,
             embedded_pg_dir=Path(env.get("EMBEDDED_PG_DIR") or defaults.embedded_pg_dir),
             max_concurrent_exports=integer(
@@ -141,5 +155,29 @@ class Settings:
             worker_metrics_port=integer("WORKER_METRICS_PORT", 0, 1) or None,
         )
 
+    @property
+    def storage(self) -> str | Path:
+        """The export store: EXPORT_STORAGE, else the folder EXPORT_DIR."""
+        if self.export_storage is None:
+            return self.export_dir
+        return self.export_storage if _is_bucket(self.export_storage) else Path(self.export_storage)
+
     def replace(self, **changes: object) -> Settings:
         return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
+
+
+def _is_bucket(where: str) -> bool:
+    return where.startswith("s3://")
+
+
+def _storage(raw: str | None) -> str | None:
+    """EXPORT_STORAGE: a folder, or s3://bucket[/prefix] with a bucket name S3 accepts."""
+    if raw is None or ("://" not in raw and not raw.startswith("s3:")):
+        return raw  # a folder
+    bucket = raw.removeprefix("s3://").partition("/")[0]
+    if not _is_bucket(raw) or not _BUCKET.match(bucket):
+        raise SettingsError(
+            f"EXPORT_STORAGE must be a folder or s3://bucket/prefix (a bucket name of 3 to"
+            f" 63 lower-case letters, digits, dots and hyphens), got {raw!r}"
+        )
+    return raw

@@ -4,10 +4,13 @@
    export has its gzip copy (made while it ran; nothing is compressed per request).
 2. ``open_download``: open the file in the export store first (so a later delete cannot
    pull it away mid-way), and let ``ranges.plan_response`` decide status, range and
-   validators, the 416's headers included.
+   validators, the 416's headers included. From an object store a GET is, by default,
+   a ``307`` to a short-lived link into the store, which then serves ranges, conditionals
+   and resume itself (``DOWNLOAD_MODE=redirect``); HEAD answers from the object's metadata.
 3. ``FileResponse.send_asgi``: headers, then the bytes: by the ASGI zero-copy extension
    (``os.sendfile`` from the page cache, see ``zerocopy``) when the server offers it, else
-   in large chunks read in a worker thread. Either way one chunk at most is in memory,
+   in large chunks read in a worker thread (from the file, or streamed from the object
+   store with ``DOWNLOAD_MODE=proxy``). Either way one chunk at most is in memory,
    however slow the client, and nothing is left open once it goes away.
 4. ``HTTPConnection``: Quart-Trio's connection, taught to let a ``FileResponse`` send
    itself at the ASGI level (Quart's own machinery only knows body messages).
@@ -16,10 +19,9 @@
 from __future__ import annotations
 
 import functools
-import os
 import uuid
 from collections.abc import Mapping
-from typing import Any, BinaryIO
+from typing import Any
 
 import trio
 from hypercorn.typing import ASGISendCallable
@@ -74,11 +76,11 @@ def choose_encoding(accept_encoding: str | None) -> str | None:
 
 
 class FileResponse(Response):
-    """A file, or a range of it, from an open descriptor; sent at the ASGI level."""
+    """A stored file, or a range of it; sent at the ASGI level."""
 
     def __init__(
         self,
-        file: BinaryIO,
+        stored: StoredFile,
         plan: Plan,
         headers: Mapping[str, str],
         method: str,
@@ -91,7 +93,7 @@ class FileResponse(Response):
         self.headers.update(dict(plan.headers))
         if plan.status == 304:
             self.headers.pop("Content-Length", None)
-        self.file = file
+        self.stored = stored
         self.zero_copy = zero_copy
         self.start = plan.start
         self.length = 0 if method == "HEAD" or plan.status == 304 else plan.length
@@ -108,12 +110,18 @@ class FileResponse(Response):
                     "headers": encode_headers(self.headers),
                 }
             )
-            if self.length and self.zero_copy and EXTENSION in scope.get("extensions", {}):
+            file = self.stored.file
+            if (
+                self.length
+                and file is not None
+                and self.zero_copy
+                and EXTENSION in scope.get("extensions", {})
+            ):
                 self._began("sendfile")
                 await send(
                     {  # type: ignore[arg-type]
                         "type": EXTENSION,
-                        "file": self.file,
+                        "file": file,
                         "offset": self.start,
                         "count": self.length,
                         "more_body": False,
@@ -121,22 +129,18 @@ class FileResponse(Response):
                     }
                 )
                 return
-            offset, end = self.start, self.start + self.length
             if self.length:
                 self._began("fallback")
-            fd = self.file.fileno()
-            while offset < end:
-                chunk = await trio.to_thread.run_sync(
-                    os.pread, fd, min(CHUNK, end - offset), offset
-                )
-                if not chunk:
-                    raise OSError("the file ended before its announced length")
-                offset += len(chunk)
-                await send({"type": "http.response.body", "body": chunk, "more_body": True})
-                self._sent("fallback", len(chunk))
+                reader = self.stored.reader(self.start, self.length)
+                try:
+                    while chunk := await trio.to_thread.run_sync(reader.read, CHUNK):
+                        await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                        self._sent("fallback", len(chunk))
+                finally:
+                    await trio.to_thread.run_sync(reader.close)
             await send({"type": "http.response.body", "body": b"", "more_body": False})
         finally:
-            self.file.close()
+            self.stored.close()
 
     # For /metrics: a body begins to be sent ``how`` (sendfile or fallback); bytes went out.
     def _began(self, how: str) -> None:
@@ -154,11 +158,12 @@ async def open_download(
     request_headers: Mapping[str, str],
     method: str,
     *,
+    redirect: bool = False,
     zero_copy: bool = True,
     metrics: Metrics | None = None,
 ) -> Response | None:
-    """The response for a completed export's file (200, 206, 304 or 416), or None when
-    its file is gone."""
+    """The response for a completed export's file (200, 206, 304 or 416, or with
+    ``redirect`` a GET's 307 to the store's own link), or None when its file is gone."""
     encoding = choose_encoding(request_headers.get("accept-encoding"))
     stored: StoredFile | None = None
     if encoding == "gzip":
@@ -172,9 +177,17 @@ async def open_download(
         if stored is None:
             return None
     try:
+        if redirect and method == "GET":
+            gzip = encoding == "gzip"
+            link = await trio.to_thread.run_sync(
+                functools.partial(storage.link, export_id, gzip=gzip)
+            )
+            if link is not None:
+                stored.close()
+                return _redirect(link)
         plan = plan_response(FileVersion(stored.size, stored.mtime, stored.etag), request_headers)
         if plan.status == 416:
-            stored.file.close()
+            stored.close()
             response = problem(
                 416, "Range Not Satisfiable", "the requested range lies outside the file"
             )
@@ -189,10 +202,21 @@ async def open_download(
         }
         if encoding:
             headers["Content-Encoding"] = encoding
-        return FileResponse(stored.file, plan, headers, method, zero_copy, metrics)
+        return FileResponse(stored, plan, headers, method, zero_copy, metrics)
     except BaseException:
-        stored.file.close()
+        stored.close()
         raise
+
+
+def _redirect(link: str) -> Response:
+    """307: the client asks the store itself, with the same method and headers (Range,
+    conditionals); the store's answer carries the file's own headers."""
+    response = Response(b"", status=307)
+    response.headers["Location"] = link
+    response.headers["Vary"] = "Accept-Encoding"
+    # The link expires within minutes: nobody may keep this answer.
+    response.headers["Cache-Control"] = "private, no-store"
+    return response
 
 
 class HTTPConnection(TrioASGIHTTPConnection):

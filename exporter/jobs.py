@@ -37,7 +37,7 @@ from exporter.metrics import Metrics
 from exporter.pipeline import Progress, export_csv
 from exporter.request import ExportRequest
 from exporter.states import LIVE_STATUSES, Checkpoint, ExportStatus
-from exporter.storage import CannotResume, ExportFile, ExportStorage
+from exporter.storage import CannotResume, ExportFile, ExportStorage, ExportStoreError
 from exporter.store import JobRecord, JobStore, Notice, Notifications, StoreUnavailable, utcnow
 
 log = logging.getLogger(__name__)
@@ -102,6 +102,8 @@ def describe_error(exc: BaseException) -> str:
         exc = exc.exceptions[0]
     if isinstance(exc, StoreUnavailable) and exc.__cause__ is not None:
         exc = exc.__cause__  # the job database's own error says more
+    if isinstance(exc, ExportStoreError):
+        return str(exc)  # a sentence naming the store already
     if isinstance(exc, OSError) and not isinstance(exc, psycopg.Error):
         if exc.errno == errno.ENOSPC:
             return "no space left on the device holding the export files"

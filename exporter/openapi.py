@@ -166,10 +166,11 @@ _SCHEMAS: dict[str, Any] = {
     },
     "Ready": {
         "type": "object",
-        "required": ["status", "database"],
+        "required": ["status", "database", "exportStore"],
         "properties": {
             "status": {"type": "string", "enum": ["ready"]},
             "database": {"type": "string", "enum": ["up"]},
+            "exportStore": {"type": "string", "enum": ["up"]},
         },
     },
 }
@@ -200,7 +201,10 @@ def openapi_document() -> dict[str, Any]:
                 )
                 # Every one of them may need the job database.
                 operation["responses"].setdefault(
-                    "503", _problem_response("The job database is unreachable.")
+                    "503",
+                    _problem_response(
+                        "The job database (or, for downloads, the export store) is unreachable."
+                    ),
                 )
     return document
 
@@ -361,6 +365,12 @@ def _document() -> dict[str, Any]:
                             "content": {"text/csv": {"schema": {"type": "string"}}},
                         },
                         "304": {"description": "Not modified (If-None-Match matched)."},
+                        "307": {
+                            "description": "The export store serves the file (object storage, "
+                            "DOWNLOAD_MODE=redirect): Location is a link valid for a few "
+                            "minutes; send the same Range and conditional headers there.",
+                            "headers": {"Location": {"schema": {"type": "string"}}},
+                        },
                         "404": _problem_response("No such export."),
                         "409": _problem_response("The export has not completed yet."),
                         "410": _problem_response("The export failed, was cancelled or expired."),
@@ -409,7 +419,8 @@ def _document() -> dict[str, Any]:
             "/ready": {
                 "get": {
                     "operationId": "ready",
-                    "summary": "Readiness: the job database answers and recovery has run",
+                    "summary": "Readiness: the job database and the export store answer, "
+                    "and recovery has run",
                     "responses": {
                         "200": {
                             "description": "Ready for work.",
@@ -420,7 +431,8 @@ def _document() -> dict[str, Any]:
                             },
                         },
                         "503": _problem_response(
-                            "Not ready: the database is down (database: down) or the jobs of "
+                            "Not ready: the database is down (database: down), the export "
+                            "store cannot be reached (exportStore: down), or the jobs of "
                             "a previous run are still being recovered."
                         ),
                     },

@@ -208,9 +208,9 @@ class GzipOutput:
         self.size += len(data)
         self.sink.write(self._deflate.compress(data))
 
-    def checkpoint(self) -> int:
+    def checkpoint(self) -> int | None:
         """Flush the deflate stream to a point a later attempt can continue from, and make
-        the file durable up to there; returns its length."""
+        the file durable up to there; returns its length (None: not durable yet)."""
         self.sink.write(self._deflate.flush(isal_zlib.Z_FULL_FLUSH))
         return self.sink.sync()
 
@@ -429,8 +429,10 @@ async def write_batches(
         async for item in receive_rows:
             if isinstance(item, RangeEnd):
                 if checkpoints.due():
-                    checkpoints.last = time.monotonic()
                     csv_bytes = await trio.to_thread.run_sync(csv.sink.sync)
+                    if csv_bytes is None:
+                        continue  # not yet (an object store's first part): the next range end
+                    checkpoints.last = time.monotonic()
                     mark = CheckpointMark(progress.processed_rows, item.last_id, csv_bytes)
                     if send_csv is not None:
                         await send_csv.send(mark)
@@ -463,7 +465,7 @@ async def compress(
         async for item in receive_csv:
             if isinstance(item, CheckpointMark):
                 gzip_bytes = await trio.to_thread.run_sync(gz.checkpoint)
-                if record is not None:
+                if record is not None and gzip_bytes is not None:
                     done = Checkpoint(item.rows, item.last_id, item.csv_bytes, gzip_bytes, gz.crc)
                     await record(done)
             else:

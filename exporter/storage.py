@@ -29,7 +29,7 @@ from typing import BinaryIO, Protocol
 
 from exporter.ranges import make_etag
 
-_EXPORT_FILE = re.compile(
+EXPORT_FILE = re.compile(
     r"^(?P<id>[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})"
     r"\.csv(?:\.gz)?(?P<part>\.part)?$"
 )
@@ -45,8 +45,9 @@ class Sink(Protocol):
 
     def write(self, data: bytes) -> None: ...
 
-    def sync(self) -> int:
-        """Make what was written so far durable; returns how many bytes that is."""
+    def sync(self) -> int | None:
+        """Make what was written so far durable; returns how many bytes that is, or None
+        when that cannot be done yet (an object store's parts have a minimum size)."""
         ...
 
     def close(self) -> None:
@@ -66,21 +67,91 @@ class CannotResume(Exception):
     """An earlier attempt's partial file is missing or shorter than its checkpoint says."""
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class StoredFile:
-    """A finished export file, open for reading, with what validators are made from."""
+class StoredFile(Protocol):
+    """A finished export file, opened for reading, with what validators are made from.
 
-    file: BinaryIO
+    Opening pins it: a file removed or replaced after ``open_finished`` is still read as
+    it was (an open descriptor, or an object read with ``If-Match`` its tag).
+    """
+
     size: int
     mtime: float
     # A strong ETag (quotes included): another whenever the file is replaced, and another
     # for the gzip copy than for the CSV.
     etag: str
 
+    @property
+    def file(self) -> BinaryIO | None:
+        """The open local file (what ``os.sendfile`` sends), or None for a remote object."""
+        ...
+
+    def reader(self, start: int, length: int) -> RangeReader:
+        """``length`` bytes from ``start``, read in pieces (blocking)."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class RangeReader(Protocol):
+    def read(self, size: int) -> bytes:
+        """Up to ``size`` more bytes of the range; empty once it is all read."""
+        ...
+
+    def close(self) -> None: ...
+
+
+@dataclasses.dataclass(slots=True)
+class LocalFile:
+    """A finished file of a folder store, open for reading."""
+
+    file: BinaryIO
+    size: int
+    mtime: float
+    etag: str
+
+    def reader(self, start: int, length: int) -> RangeReader:
+        return _FileRange(self.file.fileno(), start, start + length)
+
+    def close(self) -> None:
+        self.file.close()
+
+
+@dataclasses.dataclass(slots=True)
+class _FileRange:
+    fd: int
+    offset: int
+    end: int
+
+    def read(self, size: int) -> bytes:
+        chunk = os.pread(self.fd, min(size, self.end - self.offset), self.offset)
+        if not chunk and self.offset < self.end:
+            raise OSError("the file ended before its announced length")
+        self.offset += len(chunk)
+        return chunk
+
+    def close(self) -> None:
+        pass  # the descriptor is the LocalFile's
+
+
+class ExportStoreError(OSError):
+    """The export store failed or refused; the message is a sentence naming the store."""
+
 
 class ExportStorage(Protocol):
+    # How a sentence for users names the store, e.g. "s3://exports/prod".
+    description: str
+
     def prepare(self) -> None:
         """Make the store ready to take files (create the folder, check the bucket)."""
+        ...
+
+    def check(self) -> None:
+        """``ExportStoreError`` unless the store can be reached now (for /ready)."""
+        ...
+
+    def link(self, export_id: uuid.UUID, *, gzip: bool = False) -> str | None:
+        """A short-lived URL a client may GET the finished file from itself, or None
+        when the store has none (a folder)."""
         ...
 
     def sink(self, export_id: uuid.UUID, *, gzip: bool = False) -> Sink:
@@ -178,11 +249,29 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def open_storage(where: str | Path) -> ExportStorage:
+    """The export store ``where`` names: ``s3://bucket/prefix``, or a folder."""
+    if isinstance(where, str) and where.startswith("s3://"):
+        # Imported here: boto3 costs memory and start-up time a folder store does without.
+        from exporter.object_storage import ObjectStorage
+
+        return ObjectStorage(where)
+    return FolderStorage(Path(where))
+
+
 class FolderStorage:
     """Export files in one folder of the local (or a shared) filesystem."""
 
     def __init__(self, root: Path) -> None:
         self.root = root
+        self.description = f"the folder {root.name or root}"
+
+    def check(self) -> None:
+        if not self.root.is_dir():
+            raise ExportStoreError(f"{self.description} is not there")
+
+    def link(self, export_id: uuid.UUID, *, gzip: bool = False) -> str | None:
+        return None
 
     def path(self, export_id: uuid.UUID, *, gzip: bool = False) -> Path:
         return self.root / f"{export_id}.csv{'.gz' if gzip else ''}"
@@ -204,7 +293,7 @@ class FolderStorage:
             file.close()
             raise
         etag = make_etag(stat.st_size, stat.st_mtime_ns, stat.st_ino, "-gz" if gzip else "")
-        return StoredFile(file, stat.st_size, stat.st_mtime, etag)
+        return LocalFile(file, stat.st_size, stat.st_mtime, etag)
 
     def remove(self, export_id: uuid.UUID) -> None:
         for gzip in (False, True):
@@ -216,7 +305,7 @@ class FolderStorage:
         found = []
         now = time.time()
         for path in self.root.iterdir():
-            match = _EXPORT_FILE.match(path.name)
+            match = EXPORT_FILE.match(path.name)
             if match is None:
                 continue  # not ours: never delete what we did not write
             with contextlib.suppress(FileNotFoundError):  # removed meanwhile

@@ -22,7 +22,7 @@ from exporter.jobs import JobManager
 from exporter.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from exporter.metrics import Metrics
 from exporter.server import hypercorn_config, wait_for_stop_signal
-from exporter.storage import FolderStorage
+from exporter.storage import open_storage
 from exporter.store import JobStore
 
 log = logging.getLogger(__name__)
@@ -53,7 +53,7 @@ def worker_app(jobs: JobManager, metrics: Metrics) -> ASGIApp:
 
 async def run_worker(settings: Settings, conninfo: str, bind: str | None = None) -> None:
     """Run exports from the queue until SIGTERM or SIGINT, then hand them back."""
-    storage = FolderStorage(settings.export_dir)
+    storage = open_storage(settings.storage)
     async with trio_asyncio.open_loop(), trio.open_nursery() as nursery:
         jobs = JobManager(settings, conninfo, JobStore(conninfo), storage)
         jobs.metrics = Metrics(jobs.counts, jobs.global_counts)

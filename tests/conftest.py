@@ -39,6 +39,8 @@ from tests.support import (
     SEED_ROWS,
     GatedDatabase,
     Gates,
+    S3Bucket,
+    S3Server,
     Server,
     StartServer,
     UsersLock,
@@ -165,3 +167,21 @@ def users_lock(database: str) -> Iterator[Callable[[], UsersLock]]:
     yield take
     for lock in locks:
         lock.release()
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[S3Server]:
+    """moto's S3 server for the session (tests that stop their store start their own)."""
+    store = S3Server()
+    store.start()
+    yield store
+    store.stop()
+
+
+@pytest.fixture
+def s3(s3_server: S3Server, monkeypatch: pytest.MonkeyPatch) -> S3Bucket:
+    """A new bucket, and this process's AWS_* settings pointing at it (for servers started
+    in this process; a service process is given ``s3.env``)."""
+    for name, value in s3_server.env.items():
+        monkeypatch.setenv(name, value)
+    return S3Bucket(s3_server, s3_server.new_bucket())

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
+import secrets
 import socket
 import subprocess
 import sys
@@ -420,3 +421,112 @@ def worker(
         client,
     ):
         yield Worker(url, process, client)
+
+
+# -- an S3-compatible object store ------------------------------------------------------------
+
+# Any key will do: moto's server checks signatures' form, not who signed.
+S3_CREDENTIALS = {
+    "AWS_ACCESS_KEY_ID": "exporter-tests",
+    "AWS_SECRET_ACCESS_KEY": "exporter-tests-secret",
+    "AWS_REGION": "us-east-1",
+}
+
+
+class S3Server:
+    """moto's S3 server (a real S3 API over HTTP, kept in memory) as its own process on a
+    loopback port; it can be stopped and started again on the same port."""
+
+    def __init__(self, port: int | None = None) -> None:
+        self.port = port or free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.env = {"AWS_ENDPOINT_URL": self.url, **S3_CREDENTIALS}
+        self.process: subprocess.Popen[bytes] | None = None
+        self.client = _s3_client(self.env)
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 30
+        while True:
+            assert self.process.poll() is None, "moto's server exited"
+            with contextlib.suppress(httpx.TransportError):
+                if httpx.get(f"{self.url}/moto-api/").status_code < 500:
+                    return
+            assert time.monotonic() < deadline, "moto's server never answered"
+            time.sleep(0.1)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(30)
+        self.process = None
+
+    def new_bucket(self) -> str:
+        name = f"exports-{secrets.token_hex(6)}"
+        self.client.create_bucket(Bucket=name)
+        return name
+
+
+def _s3_client(env: dict[str, str]) -> Any:
+    import boto3  # the tests' own client, to look into the store
+    import botocore.config
+
+    return boto3.session.Session(
+        aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
+        aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"],
+        region_name=env["AWS_REGION"],
+    ).client(
+        "s3",
+        endpoint_url=env["AWS_ENDPOINT_URL"],
+        config=botocore.config.Config(s3={"addressing_style": "path"}),
+    )
+
+
+@dataclasses.dataclass
+class S3Bucket:
+    """A bucket of its own for one test, and what a service needs to use it."""
+
+    server: S3Server
+    name: str
+    prefix: str = "exports"
+
+    @property
+    def storage(self) -> str:
+        return f"s3://{self.name}/{self.prefix}"
+
+    @property
+    def env(self) -> dict[str, str]:
+        return {**self.server.env, "EXPORT_STORAGE": self.storage}
+
+    def key(self, export_id: str, encoding: str = "identity") -> str:
+        return f"{self.prefix}/{export_id}.csv{'.gz' if encoding == 'gzip' else ''}"
+
+    def read(self, export_id: str, encoding: str = "identity") -> bytes:
+        answer = self.server.client.get_object(Bucket=self.name, Key=self.key(export_id, encoding))
+        return bytes(answer["Body"].read())
+
+    def keys(self) -> list[str]:
+        """Every object in the bucket."""
+        answer = self.server.client.list_objects_v2(Bucket=self.name)
+        return sorted(item["Key"] for item in answer.get("Contents", []))
+
+    def uploads(self) -> list[str]:
+        """The keys of the multipart uploads open in the bucket."""
+        answer = self.server.client.list_multipart_uploads(Bucket=self.name)
+        return sorted(upload["Key"] for upload in answer.get("Uploads", []))
+
+    def parts(self, key: str) -> list[int]:
+        """The sizes of the parts of ``key``'s one open upload."""
+        (upload,) = [
+            u
+            for u in self.server.client.list_multipart_uploads(Bucket=self.name)["Uploads"]
+            if u["Key"] == key
+        ]
+        answer = self.server.client.list_parts(
+            Bucket=self.name, Key=key, UploadId=upload["UploadId"]
+        )
+        return [part["Size"] for part in answer.get("Parts", [])]

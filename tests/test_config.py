@@ -103,3 +103,25 @@ def test_bad_values_name_the_variable(name: str, value: str, message: str) -> No
     with pytest.raises(SettingsError) as caught:
         Settings.from_env({name: value})
     assert name in str(caught.value) and message in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("raw", "storage"),
+    [
+        ("s3://exports", "s3://exports"),
+        ("s3://exports/prod/eu", "s3://exports/prod/eu"),
+        ("/srv/exports", Path("/srv/exports")),
+    ],
+)
+def test_export_storage_is_a_folder_or_a_bucket(raw: str, storage: object) -> None:
+    assert Settings.from_env({"EXPORT_STORAGE": raw}).storage == storage
+
+
+@pytest.mark.parametrize("raw", ["s3://", "s3://Exports", "s3://a", "gs://exports", "s3:/x"])
+def test_export_storage_that_is_neither_is_refused(raw: str) -> None:
+    with pytest.raises(SettingsError, match="EXPORT_STORAGE must be a folder or s3://bucket"):
+        Settings.from_env({"EXPORT_STORAGE": raw})
+
+
+def test_export_dir_is_the_store_without_export_storage() -> None:
+    assert Settings.from_env({"EXPORT_DIR": "/srv/x"}).storage == Path("/srv/x")

@@ -197,7 +197,7 @@ async def wait_ready(server: Server, timeout: float = 15.0) -> None:
     with trio.fail_after(timeout):
         while (response := await server.client.get("/ready")).status_code != 200:
             await trio.sleep(0.1)
-    assert response.json() == {"status": "ready", "database": "up"}
+    assert response.json() == {"status": "ready", "database": "up", "exportStore": "up"}
 
 
 # -- 3 and 4. the server process killed, or stopped by SIGTERM ---------------------------
