@@ -229,6 +229,8 @@ class Server:
     url: str
     settings: Settings
     client: httpx.AsyncClient
+    # The bucket its export store is in, when that is an object store.
+    bucket: S3Bucket | None = None
 
     async def create(self, **params: str) -> str:
         """POST an export; returns its id."""

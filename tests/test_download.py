@@ -1,6 +1,10 @@
 """Downloads, GET and HEAD /exports/{id}/download: headers, ranges, conditionals, gzip,
 resume, zero-copy and its fallback, slow, stalled and vanished clients. A real Hypercorn
-on loopback, real files, real curl."""
+on loopback, real files, real curl.
+
+Every test that is not about sendfile runs twice: with the files in a folder, and in an
+object store with DOWNLOAD_MODE=proxy (the service streams the object), which must
+answer exactly the same."""
 
 from __future__ import annotations
 
@@ -19,6 +23,7 @@ from exporter import zerocopy
 from exporter.request import ExportRequest
 from tests.support import (
     Oracle,
+    S3Bucket,
     Server,
     StartServer,
     UsersLock,
@@ -37,12 +42,34 @@ async def completed_export(server: Server, **params: str) -> str:
     return export_id
 
 
+@pytest.fixture(params=["folder", "s3-proxy"])
+async def server(request: pytest.FixtureRequest, start_server: StartServer) -> Server:
+    if request.param == "folder":
+        return await start_server()
+    s3: S3Bucket = request.getfixturevalue("s3")
+    server = await start_server(export_storage=s3.storage, download_mode="proxy")
+    server.bucket = s3
+    return server
+
+
+@pytest.fixture
+async def folder_server(start_server: StartServer) -> Server:
+    return await start_server()
+
+
 @pytest.fixture
 async def export(server: Server) -> str:
     return await completed_export(server, country_code="US")
 
 
+@pytest.fixture
+async def folder_export(folder_server: Server) -> str:
+    return await completed_export(folder_server, country_code="US")
+
+
 def file_of(server: Server, export_id: str, encoding: str) -> bytes:
+    if server.bucket is not None:
+        return server.bucket.read(export_id, encoding)
     path = server.settings.export_dir / f"{export_id}.csv"
     if encoding == "gzip":
         path = path.with_name(path.name + ".gz")
@@ -220,7 +247,8 @@ async def test_interrupted_download_resumes_byte_identical(
     assert out.read_bytes() == expected
 
 
-async def test_sendfile_is_used_on_http_1_1(server: Server, export: str) -> None:
+async def test_sendfile_is_used_on_http_1_1(folder_server: Server, folder_export: str) -> None:
+    server, export = folder_server, folder_export
     size = len(file_of(server, export, "identity"))
     before = zerocopy.stats["sendfile_bytes"]
     status, _, body, line = await curl("--http1.1", f"{server.url}/exports/{export}/download")
@@ -229,7 +257,10 @@ async def test_sendfile_is_used_on_http_1_1(server: Server, export: str) -> None
     assert zerocopy.stats["sendfile_bytes"] - before == size
 
 
-async def test_fallback_without_zero_copy_gives_the_same_bytes(server: Server, export: str) -> None:
+async def test_fallback_without_zero_copy_gives_the_same_bytes(
+    folder_server: Server, folder_export: str
+) -> None:
+    server, export = folder_server, folder_export
     """HTTP/2 (h2c with prior knowledge) has no zero-copy: the chunked fallback serves it."""
     expected = file_of(server, export, "identity")
     before = zerocopy.stats["sendfile_bytes"]
