@@ -188,7 +188,12 @@ class JobManager:
         for attempt in range(attempts):
             try:
                 await self.store.ping()
-                await self._sweep_files()
+                try:
+                    await self._sweep_files()
+                except ExportStoreError as exc:
+                    # Exports go ahead: each one that meets the store fails saying why, and
+                    # the janitor sweeps once the store answers.
+                    log.warning("could not look at the export store: %s", exc)
             except StoreUnavailable as exc:
                 if attempt + 1 == attempts:
                     log.warning("job database unreachable (%s); will keep trying", exc)
@@ -514,7 +519,12 @@ class JobManager:
                 log.warning("export %s was no longer this process's at its end", record.id)
                 return
             if held:
-                await trio.to_thread.run_sync(self.storage.remove, record.id)
+                try:
+                    await trio.to_thread.run_sync(self.storage.remove, record.id)
+                except OSError as exc:
+                    # The store itself is what failed: what it still holds of the export
+                    # (never a finished file) goes with the janitor's sweep once it is back.
+                    log.warning("export %s: its files stay for now: %s", record.id, exc)
         if self.metrics is not None:
             self.metrics.export_ended(
                 status, record.processed_rows, record.file_size or 0, _duration(record)

@@ -339,8 +339,8 @@ class MultipartSink:
 
     def sync(self) -> int | None:
         if self._buffer:
-            if not self._parts and len(self._buffer) < PART_SIZE:
-                return None  # too small for a part that is not the last
+            if len(self._buffer) < PART_SIZE:
+                return None  # too small for a part that is not the last: not yet
             self._send(len(self._buffer))
         self._wait()
         return self._sent

@@ -11,6 +11,7 @@ Helpers that are not fixtures are in tests/support.py.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import secrets
@@ -32,8 +33,9 @@ from exporter.request import ExportRequest
 from exporter.schema import apply_schema, seed_users
 from exporter.server import run_server
 from tests.support import (
+    BIG_GATED_DB,
+    BIG_GATED_ROWS,
     GATED_DB,
-    GATED_ROLE,
     GATED_ROWS,
     GATED_SETUP,
     SEED_ROWS,
@@ -75,48 +77,63 @@ def oracle(database: str) -> Callable[[ExportRequest], bytes]:
     return functools.partial(copy_oracle, database)
 
 
-def _drop_gated(conn: psycopg.Connection[Any]) -> None:
-    conn.execute(
-        sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(GATED_DB))
-    )
-    conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(GATED_ROLE)))
+def _drop_gated(conn: psycopg.Connection[Any], name: str) -> None:
+    conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+    conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(name)))
+
+
+@contextlib.contextmanager
+def _gated(database: str, name: str, rows: int) -> Iterator[GatedDatabase]:
+    """A database ``name`` of ``rows`` users (and a role of that name owning it) whose
+    exports a test can stop at a row (``Gates``)."""
+    password = secrets.token_hex(12)
+    with psycopg.connect(database, autocommit=True) as conn:
+        _drop_gated(conn, name)
+        conn.execute(
+            sql.SQL("CREATE ROLE {} LOGIN PASSWORD {}").format(
+                sql.Identifier(name), sql.Literal(password)
+            )
+        )
+        ident = sql.Identifier(name)
+        conn.execute(sql.SQL("CREATE DATABASE {} OWNER {}").format(ident, ident))
+        # Exports then read in id order through the primary key, never a sort that would
+        # read every row (and meet every gate) before the first one comes out.
+        conn.execute(sql.SQL("ALTER DATABASE {} SET enable_sort = off").format(ident))
+    url = gated_conninfo(database, password, name)
+    apply_schema(url, "schema")  # as the role: it owns the tables
+    seed_users(url, rows)
+    apply_schema(url, "indexes")
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(GATED_SETUP.encode())
+    yield GatedDatabase(url, gated_admin_conninfo(database, name), rows)
+    with psycopg.connect(database, autocommit=True) as conn:
+        _drop_gated(conn, name)
 
 
 @pytest.fixture(scope="session")
 def gated_database(database: str) -> Iterator[GatedDatabase]:
     """A database of its own whose exports a test can stop at a row (``gates``)."""
-    password = secrets.token_hex(12)
-    with psycopg.connect(database, autocommit=True) as conn:
-        _drop_gated(conn)
-        conn.execute(
-            sql.SQL("CREATE ROLE {} LOGIN PASSWORD {}").format(
-                sql.Identifier(GATED_ROLE), sql.Literal(password)
-            )
-        )
-        conn.execute(
-            sql.SQL("CREATE DATABASE {} OWNER {}").format(
-                sql.Identifier(GATED_DB), sql.Identifier(GATED_ROLE)
-            )
-        )
-        # Exports then read in id order through the primary key, never a sort that would
-        # read every row (and meet every gate) before the first one comes out.
-        conn.execute(
-            sql.SQL("ALTER DATABASE {} SET enable_sort = off").format(sql.Identifier(GATED_DB))
-        )
-    url = gated_conninfo(database, password)
-    apply_schema(url, "schema")  # as the role: it owns the tables
-    seed_users(url, GATED_ROWS)
-    apply_schema(url, "indexes")
-    with psycopg.connect(url, autocommit=True) as conn:
-        conn.execute(GATED_SETUP.encode())
-    yield GatedDatabase(url, gated_admin_conninfo(database))
-    with psycopg.connect(database, autocommit=True) as conn:
-        _drop_gated(conn)
+    with _gated(database, GATED_DB, GATED_ROWS) as gated:
+        yield gated
+
+
+@pytest.fixture(scope="session")
+def big_gated_database(database: str) -> Iterator[GatedDatabase]:
+    """The same, with enough rows to fill several parts of an object store's upload."""
+    with _gated(database, BIG_GATED_DB, BIG_GATED_ROWS) as gated:
+        yield gated
 
 
 @pytest.fixture
 def gates(gated_database: GatedDatabase) -> Iterator[Gates]:
     held = Gates(gated_database.admin_url)
+    yield held
+    held.close()
+
+
+@pytest.fixture
+def big_gates(big_gated_database: GatedDatabase) -> Iterator[Gates]:
+    held = Gates(big_gated_database.admin_url, big_gated_database.rows)
     yield held
     held.close()
 

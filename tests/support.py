@@ -146,7 +146,6 @@ class UsersLock:
 # has enable_sort off), so "before" means lower ids. The test's own sessions are superuser
 # ones, which row-level security does not apply to: its COPY oracle is never held.
 GATED_DB = "exporter_gated"
-GATED_ROLE = "exporter_gated"
 GATED_ROWS = 30_000
 GATE_EVERY = 1000
 GATE_CLASS = 7357  # the first half of the advisory lock key; the row id is the second
@@ -169,20 +168,27 @@ CREATE POLICY gate ON users USING (exporter_test_gate(id) IS NOT NULL);
 """
 
 
-def gated_conninfo(conninfo: str, password: str) -> str:
+# A second gated database, big enough (about 23 MB of CSV) that an export held at a gate has
+# already sent an object store several parts of the minimum size (5 MiB).
+BIG_GATED_DB = "exporter_gated_big"
+BIG_GATED_ROWS = 250_000
+
+
+def gated_conninfo(conninfo: str, password: str, name: str = GATED_DB) -> str:
     """The gated database as the service reaches it: as the role its policy applies to."""
-    return make_conninfo(conninfo, dbname=GATED_DB, user=GATED_ROLE, password=password)
+    return make_conninfo(conninfo, dbname=name, user=name, password=password)
 
 
-def gated_admin_conninfo(conninfo: str) -> str:
+def gated_admin_conninfo(conninfo: str, name: str = GATED_DB) -> str:
     """The gated database as the test's superuser: every row, no gate."""
-    return make_conninfo(conninfo, dbname=GATED_DB)
+    return make_conninfo(conninfo, dbname=name)
 
 
 @dataclasses.dataclass
 class GatedDatabase:
     url: str  # the service's conninfo (through the gates)
     admin_url: str  # the test's conninfo (around them): oracle, pg_stat_activity
+    rows: int = GATED_ROWS
 
     def oracle(self, request: ExportRequest) -> bytes:
         return copy_oracle(self.admin_url, request)
@@ -193,14 +199,15 @@ class Gates:
     export of it wait when it reaches row ``n`` (an id ≡ 1 modulo GATE_EVERY), having
     written every batch before it; ``release(n)`` lets them go on."""
 
-    def __init__(self, admin_url: str) -> None:
+    def __init__(self, admin_url: str, rows: int = GATED_ROWS) -> None:
+        self.rows = rows
         self.conn = psycopg.connect(admin_url, autocommit=True)
         # An export of an earlier test may still hold the gate shared, for a moment.
         self.conn.execute("SET lock_timeout = '10s'")
         self.held: set[int] = set()
 
     def hold(self, row_id: int) -> None:
-        assert row_id % GATE_EVERY == 1 and 1 < row_id <= GATED_ROWS, row_id
+        assert row_id % GATE_EVERY == 1 and 1 < row_id <= self.rows, row_id
         self.conn.execute("SELECT pg_advisory_lock(%s, %s)", (GATE_CLASS, row_id))
         self.held.add(row_id)
 
