@@ -26,6 +26,7 @@ worker thread.
 
 from __future__ import annotations
 
+import collections
 import concurrent.futures
 import contextlib
 import dataclasses
@@ -281,6 +282,37 @@ class _Part:
     etag: str | concurrent.futures.Future[str]
 
 
+class _Buffer:
+    """Bytes written and not sent yet, kept as the pieces they came in."""
+
+    def __init__(self) -> None:
+        self.pieces: collections.deque[bytes] = collections.deque()
+        self.size = 0
+
+    def append(self, data: bytes) -> None:
+        if data:
+            self.pieces.append(data)
+            self.size += len(data)
+
+    def take(self, size: int) -> bytes:
+        """The first ``size`` bytes, as one ``bytes``, removed from the buffer."""
+        taken = []
+        left = size
+        while left:
+            piece = self.pieces.popleft()
+            if len(piece) > left:
+                self.pieces.appendleft(piece[left:])
+                piece = piece[:left]
+            taken.append(piece)
+            left -= len(piece)
+        self.size -= size
+        return b"".join(taken)
+
+    def clear(self) -> None:
+        self.pieces.clear()
+        self.size = 0
+
+
 class MultipartSink:
     """One export file streamed to the store as a multipart upload.
 
@@ -296,7 +328,9 @@ class MultipartSink:
         self.storage = storage
         self.key = key
         self.headers = headers
-        self._buffer = bytearray()
+        # The bytes not sent yet, as written: joined once, into a part's body, when sent
+        # (a bytearray grown and cut instead costs a copy of everything, twice).
+        self._buffer = _Buffer()
         self._parts: list[_Part] = []
         self._upload_id: str | None = None
         self._sender: concurrent.futures.ThreadPoolExecutor | None = None
@@ -333,22 +367,22 @@ class MultipartSink:
         self._upload_id, self._sent = ids[0], total
 
     def write(self, data: bytes) -> None:
-        self._buffer += data
-        if len(self._buffer) >= 2 * PART_SIZE:
-            self._send(len(self._buffer) - PART_SIZE)
+        self._buffer.append(data)
+        if self._buffer.size >= 2 * PART_SIZE:
+            self._send(self._buffer.size - PART_SIZE)
 
     def sync(self) -> int | None:
-        if self._buffer:
-            if len(self._buffer) < PART_SIZE:
+        if self._buffer.size:
+            if self._buffer.size < PART_SIZE:
                 return None  # too small for a part that is not the last: not yet
-            self._send(len(self._buffer))
+            self._send(self._buffer.size)
         self._wait()
         return self._sent
 
     def commit(self) -> int:
         """Send the rest as the last part and complete the upload (or PUT a small file)."""
         if self._upload_id is None:
-            body = bytes(self._buffer)
+            body = self._buffer.take(self._buffer.size)
             with self.storage.calling():
                 self.storage.client.put_object(
                     Bucket=self._bucket, Key=self.key, Body=body, **self.headers
@@ -356,8 +390,8 @@ class MultipartSink:
             self._buffer.clear()
             self._shut()
             return len(body)
-        if self._buffer:
-            self._send(len(self._buffer))
+        if self._buffer.size:
+            self._send(self._buffer.size)
         self._wait()
         self._shut()
         parts = [{"PartNumber": p.number, "ETag": p.etag} for p in self._parts]
@@ -399,8 +433,7 @@ class MultipartSink:
                 )
             self._upload_id = created["UploadId"]
         self._wait()  # one part in flight at a time: a slow store holds the writer here
-        body = bytes(self._buffer[:size])
-        del self._buffer[:size]
+        body = self._buffer.take(size)
         number = len(self._parts) + 1
         future = self._sender.submit(self._upload_part, self._upload_id, number, body)
         self._parts.append(_Part(number, size, future))

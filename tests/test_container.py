@@ -441,3 +441,50 @@ def test_image_command_line_serves_and_stops_on_sigterm(
         if server.poll() is None:
             server.kill()
             server.wait()
+
+
+# docker-compose.s3.yml: another override, `docker compose -f docker-compose.yml -f
+# docker-compose.s3.yml up`: the export files in a MinIO service instead of a folder.
+
+S3_FILE = ROOT / "docker-compose.s3.yml"
+
+
+def test_s3_override_is_valid_alone_and_merged(compose: dict[str, Any]) -> None:
+    override = dict(yaml.safe_load(S3_FILE.read_text()))
+    validator = jsonschema.Draft7Validator(
+        json.loads((ROOT / "tests" / "schemas" / "compose-spec.json").read_text())
+    )
+    validator.validate(override)
+    validator.validate(merge_compose(compose, override))
+
+
+def test_s3_override_points_the_app_at_minio(compose: dict[str, Any]) -> None:
+    merged = merge_compose(compose, dict(yaml.safe_load(S3_FILE.read_text())))
+    app, minio, bucket = (merged["services"][name] for name in ("app", "minio", "bucket"))
+    env = app["environment"]
+
+    # The app's store is a bucket of the minio service, reached on the port it serves.
+    assert env["EXPORT_STORAGE"] == "s3://exports/exports"
+    assert env["AWS_ENDPOINT_URL"] == "http://minio:9000"
+    assert minio["command"][minio["command"].index("--address") + 1] == ":9000"
+    assert env["AWS_ACCESS_KEY_ID"] == minio["environment"]["MINIO_ROOT_USER"]
+    assert env["AWS_SECRET_ACCESS_KEY"] == minio["environment"]["MINIO_ROOT_PASSWORD"]
+    assert env["DOWNLOAD_MODE"] == "proxy"  # minio:9000 is no address for clients outside
+
+    # The bucket is made, by the app's own image with the same settings, before the app
+    # starts; the base file's database dependency is kept.
+    assert bucket["build"] == app["build"]
+    assert bucket["command"][:2] == ["python", "-c"]
+    compile(bucket["command"][-1], "bucket", "exec")  # the script is Python
+    assert 'create_bucket(Bucket="exports")' in bucket["command"][-1]
+    assert {k: v for k, v in bucket["environment"].items() if k.startswith("AWS_")} == {
+        k: v for k, v in env.items() if k.startswith("AWS_")
+    }
+    assert app["depends_on"] == {
+        "db": {"condition": "service_healthy"},
+        "bucket": {"condition": "service_completed_successfully"},
+    }
+    # The files stay in the store: the objects' volume, not the app's.
+    assert [volume_target(v) for v in minio["volumes"]] == ["/data"]
+    assert "objects" in merged["volumes"]
+    assert "${" not in S3_FILE.read_text()

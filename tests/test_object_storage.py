@@ -15,7 +15,10 @@ from typing import Any
 import psycopg
 import pytest
 import trio
+from hypothesis import given
+from hypothesis import strategies as st
 
+from exporter.object_storage import _Buffer
 from exporter.request import ExportRequest, parse_export_request
 from tests.support import (
     ROW_SOURCE_PARAMS,
@@ -269,3 +272,26 @@ def test_sigterm_keeps_the_uploads_and_the_restart_continues_them(
     assert body == expected
     assert gzip.decompress(s3.read(export_id, "gzip")) == expected
     assert s3.uploads() == [] and s3.keys() == sorted([csv_key, gz_key])
+
+
+# -- the upload's buffer -----------------------------------------------------------------------
+
+
+@given(
+    pieces=st.lists(st.binary(max_size=50), max_size=30),
+    cuts=st.lists(st.integers(min_value=0, max_value=60), max_size=10),
+)
+def test_the_buffer_gives_back_what_was_written_in_order(
+    pieces: list[bytes], cuts: list[int]
+) -> None:
+    buffer = _Buffer()
+    for piece in pieces:
+        buffer.append(piece)
+    written = b"".join(pieces)
+    taken = b""
+    for cut in cuts:
+        size = min(cut, buffer.size)
+        taken += buffer.take(size)
+        assert buffer.size == len(written) - len(taken)
+    taken += buffer.take(buffer.size)
+    assert taken == written
