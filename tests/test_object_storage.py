@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import gzip
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,6 +24,7 @@ from exporter.object_storage import _Buffer
 from exporter.request import ExportRequest, parse_export_request
 from tests.support import (
     ROW_SOURCE_PARAMS,
+    S3_CREDENTIALS,
     GatedDatabase,
     Gates,
     Oracle,
@@ -295,3 +298,25 @@ def test_the_buffer_gives_back_what_was_written_in_order(
         assert buffer.size == len(written) - len(taken)
     taken += buffer.take(buffer.size)
     assert taken == written
+
+
+# -- boto3 only for a bucket -------------------------------------------------------------------
+
+LOADS_BOTO3 = """
+import sys
+from exporter.app import create_app
+from exporter.config import Settings
+create_app(Settings.from_env(), "postgresql://unused")
+print("botocore" in sys.modules)
+"""
+
+
+@pytest.mark.parametrize(("storage", "loaded"), [("", False), ("s3://exports/x", True)])
+def test_boto3_is_loaded_only_for_a_bucket(storage: str, loaded: bool, tmp_path: Path) -> None:
+    """About 37 MB of RSS: a service with a folder store does not pay for it."""
+    env = {**S3_CREDENTIALS, "AWS_ENDPOINT_URL": "http://127.0.0.1:1", "PATH": ""}
+    env |= {"EXPORT_STORAGE": storage, "EXPORT_DIR": str(tmp_path)}
+    result = subprocess.run(
+        [sys.executable, "-c", LOADS_BOTO3], env=env, capture_output=True, text=True, check=True
+    )
+    assert result.stdout.split() == [str(loaded)]
