@@ -438,6 +438,9 @@ class JobManager:
             self._count("queued", -1)
             if self.metrics is not None:
                 self.metrics.export_ended(ExportStatus.CANCELLED, 0, 0, None)
+            # A waiting job may hold the partial files of an earlier attempt (handed back
+            # to be continued); nobody will now, and nobody writes them meanwhile.
+            await trio.to_thread.run_sync(self.storage.remove, job_id)
         if record.status == ExportStatus.PROCESSING:
             job = self._running.get(job_id)
             if job is not None:

@@ -239,11 +239,13 @@ def checkpoint_of(database: str, export_id: str) -> tuple[int, int, int]:
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("then", ["continue", "cancel"])
 def test_sigterm_keeps_the_uploads_and_the_restart_continues_them(
-    s3: S3Bucket, big_gated_database: GatedDatabase, big_gates: Gates, tmp_path: Path
+    s3: S3Bucket, big_gated_database: GatedDatabase, big_gates: Gates, tmp_path: Path, then: str
 ) -> None:
     """A checkpoint needs both files to have grown by a part (5 MiB) since the last one;
-    with ranges of 10,000 ids the held export has one with both files in parts."""
+    with ranges of 10,000 ids the held export has one with both files in parts. Cancelled
+    while it waits to be continued instead, its uploads are aborted at once."""
     gated = big_gated_database
     settings = {**s3.env, "BATCH_ROWS": "200", "CHECKPOINT_INTERVAL": "0.000001"}
     csv_key, gz_key = "", ""
@@ -266,6 +268,12 @@ def test_sigterm_keeps_the_uploads_and_the_restart_continues_them(
     assert sum(s3.parts(csv_key)) >= csv_bytes and sum(s3.parts(gz_key)) >= gzip_bytes
     big_gates.release(GATE)
 
+    if then == "cancel":
+        with service(gated.url, tmp_path, MAX_CONCURRENT_EXPORTS="0", **settings) as app:
+            assert app.client.delete(f"/exports/{export_id}").status_code == 204
+            assert app.client.get(f"/exports/{export_id}/status").json()["status"] == "cancelled"
+        assert s3.uploads() == [] and s3.keys() == []
+        return
     with service(gated.url, tmp_path, **settings) as app:
         doc = app.wait_for(export_id, "completed", "failed", timeout=60)
         assert doc["status"] == "completed", doc
