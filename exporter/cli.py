@@ -11,7 +11,7 @@ import sys
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING
 
-from exporter.client import commands as client_commands
+from exporter.client import options as client_options
 
 if TYPE_CHECKING:
     from exporter.config import Settings
@@ -43,14 +43,14 @@ def database(settings: Settings) -> Iterator[str]:
 
 
 def seed_with_progress(conninfo: str, rows: int) -> None:
-    from tqdm import tqdm
-
     from exporter.schema import apply_schema, count_users, seed_users
 
     have = count_users(conninfo)
     if have >= rows:
         log.info("users holds %d rows already; nothing to seed", have)
         return
+    from tqdm import tqdm  # only to seed: a service that serves does without it
+
     apply_schema(conninfo, "schema")
     with tqdm(total=rows, unit="rows", unit_scale=True, desc="seeding users") as bar:
         seed_users(conninfo, rows, progress=bar.update)
@@ -65,6 +65,16 @@ def _rows(text: str) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command in client_options.COMMANDS:
+        from exporter.client import commands as client_commands  # httpx: the client's only
+
+        return client_commands.run(args)
+    return _serve_or_seed(parser, args)
+
+
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="exporter", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     serve = commands.add_parser(
@@ -91,11 +101,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     seed = commands.add_parser("seed", help="fill the users table up to --rows rows")
     seed.add_argument("--rows", type=_rows, default=DEFAULT_SEED_ROWS)
-    client_commands.add_commands(commands)
-    args = parser.parse_args(argv)
-    if args.command in client_commands.COMMANDS:
-        return client_commands.run(args)
-    return _serve_or_seed(parser, args)
+    client_options.add_commands(commands)
+    return parser
 
 
 def _serve_or_seed(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:

@@ -1,7 +1,9 @@
 """The command-line client starts without the server stack: ``exporter status`` (and export,
 cancel) must not pay for importing trio, Quart, Hypercorn or psycopg, so a server module
-imported at the top of exporter/cli.py or exporter/client/ fails here. And its export
-options are the service's parameters (``exporter.request.PARAMETERS``)."""
+imported at the top of exporter/cli.py or exporter/client/ fails here. The other way
+round, the server does not load the client's HTTP stack (httpx brings rich and pygments),
+its progress bars or the object store's client. And the client's export options are the
+service's parameters (``exporter.request.PARAMETERS``)."""
 
 from __future__ import annotations
 
@@ -10,10 +12,11 @@ import json
 import socket
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
-from exporter.client import commands
+from exporter.client import options
 from exporter.request import PARAMETERS, Parameter, parse_export_request
 
 # The server stack. (trio may appear: httpx's transport, httpcore, imports it on its own
@@ -51,14 +54,42 @@ def test_status_command_imports_no_server_module() -> None:
     )
 
 
+# What `exporter serve` imports before it serves: the command line, the server, the app.
+SERVE_IMPORTS = """
+import json, sys
+from exporter.cli import build_parser
+build_parser().parse_args(["serve"])
+from exporter.server import run_server
+from exporter.app import create_app
+from exporter.config import Settings
+create_app(Settings.from_env(), "postgresql://unused")
+print(json.dumps(sorted(sys.modules)))
+"""
+CLIENT_ONLY = ("httpx", "httpcore", "rich", "pygments", "tqdm", "boto3", "botocore")
+
+
+def test_the_server_loads_no_client_module(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-c", SERVE_IMPORTS],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+        env={"EXPORT_DIR": str(tmp_path), "PATH": ""},
+    )
+    packages = {name.partition(".")[0] for name in json.loads(result.stdout.splitlines()[-1])}
+    assert packages.isdisjoint(CLIENT_ONLY), sorted(packages & set(CLIENT_ONLY))
+    assert {"quart", "hypercorn", "psycopg"} <= packages  # it did load the server
+
+
 def _parse(*argv: str) -> argparse.Namespace:
     parser = argparse.ArgumentParser()
-    commands.add_commands(parser.add_subparsers(dest="command", required=True))
+    options.add_commands(parser.add_subparsers(dest="command", required=True))
     return parser.parse_args(["export", "-o", "out.csv", *argv])
 
 
 def test_no_options_send_no_parameters() -> None:
-    assert commands.export_params(_parse()) == {}
+    assert options.export_params(_parse()) == {}
 
 
 @pytest.mark.parametrize("parameter", PARAMETERS, ids=lambda p: p.name)
@@ -68,7 +99,7 @@ def test_each_parameter_is_an_option_sent_by_its_name(parameter: Parameter) -> N
     values |= {"delimiter": ";", "quote_char": "'"}
     for option in (parameter.option, *parameter.aliases):
         argv = [option] if parameter.flag else [option, values[parameter.field]]
-        params = commands.export_params(_parse(*argv))
+        params = options.export_params(_parse(*argv))
         assert list(params) == [parameter.name]
         parse_export_request(params)  # the service accepts what the option sends
 
@@ -78,7 +109,7 @@ def test_readme_options_work_together() -> None:
         "--country-code", "GB", "--tier", "free", "--columns", "id,name", "--delimiter", "\t",
         "--quote-char", "'", "--neutralize-formulas",
     )  # fmt: skip
-    assert commands.export_params(args) == {
+    assert options.export_params(args) == {
         "country_code": "GB",
         "subscription_tier": "free",
         "columns": "id,name",

@@ -1,7 +1,5 @@
-"""``exporter export``, ``exporter status`` and ``exporter cancel``: the client's commands.
-
-The export options are made from ``exporter.request.PARAMETERS`` (the table the service
-validates with), and so is the request they send. Progress bars go to stderr (tqdm),
+"""``exporter export``, ``exporter status`` and ``exporter cancel``: running the client's
+commands (their options are in ``exporter.client.options``). Progress bars go to stderr (tqdm),
 results to stdout; a failure is one line on stderr, ``exporter: <reason>``, with the exit
 code of ``ClientError``.
 """
@@ -24,66 +22,8 @@ from exporter.client.http import (
     remember_export,
     resumable_export,
 )
-from exporter.request import PARAMETERS
+from exporter.client.options import export_params
 from exporter.states import LIVE_STATUSES, ExportStatus
-
-DEFAULT_URL = "http://127.0.0.1:8080"
-COMMANDS = ("export", "status", "cancel")
-
-
-def add_commands(commands: Any) -> None:
-    """Add the client's subcommands to the ``exporter`` parser."""
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument(
-        "--url",
-        default=os.environ.get("EXPORTER_URL", DEFAULT_URL),
-        help=f"the service (default: EXPORTER_URL or {DEFAULT_URL}); API_TOKEN is sent if set",
-    )
-    export = commands.add_parser(
-        "export",
-        parents=[common],
-        help="start an export, show its progress, download it (rerun to resume)",
-    )
-    export.add_argument("-o", "--output", required=True, type=Path, help="file to write")
-    _add_parameters(export)
-    export.add_argument("--gzip", action="store_true", help="download the gzip file as is")
-    export.add_argument("--limit-rate", type=int, help="download at most this many bytes/s")
-    export.add_argument(
-        "--cancel-on-interrupt",
-        action="store_true",
-        help="on Ctrl-C cancel the export on the server without asking",
-    )
-    status = commands.add_parser("status", parents=[common], help="show an export's status")
-    status.add_argument("export_id")
-    status.add_argument("--json", action="store_true", help="the whole status document")
-    cancel = commands.add_parser("cancel", parents=[common], help="cancel an export")
-    cancel.add_argument("export_id")
-
-
-def _add_parameters(export: argparse.ArgumentParser) -> None:
-    """An option for each export parameter: its value, or for a flag its presence."""
-    group = export.add_argument_group("what to export (the service checks these)")
-    for parameter in PARAMETERS:
-        names = (parameter.option, *parameter.aliases)
-        text = parameter.description.replace("%", "%%")  # argparse formats help with %
-        if parameter.flag:
-            group.add_argument(*names, dest=parameter.field, action="store_true", help=text)
-        else:
-            choices = parameter.query_schema.get("enum")
-            metavar = "{" + ",".join(choices) + "}" if choices else None
-            group.add_argument(*names, dest=parameter.field, metavar=metavar, help=text)
-
-
-def export_params(args: argparse.Namespace) -> dict[str, str]:
-    """The request's parameters by their names on the wire; a flag given is sent as true."""
-    params: dict[str, str] = {}
-    for parameter in PARAMETERS:
-        value = getattr(args, parameter.field)
-        if parameter.flag and value:
-            params[parameter.name] = "true"
-        elif not parameter.flag and value is not None:
-            params[parameter.name] = value
-    return params
 
 
 def run(args: argparse.Namespace) -> int:
