@@ -31,9 +31,10 @@ import concurrent.futures
 import contextlib
 import dataclasses
 import datetime as dt
+import io
 import uuid
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO, cast
 
 import boto3
 import botocore.config
@@ -283,19 +284,20 @@ class _Part:
 
 
 class _Buffer:
-    """Bytes written and not sent yet, kept as the pieces they came in."""
+    """Bytes written and not sent yet, kept as the pieces they came in (never joined: a
+    part goes to the store as a ``PartBody`` over its pieces, so no byte is copied)."""
 
     def __init__(self) -> None:
-        self.pieces: collections.deque[bytes] = collections.deque()
+        self.pieces: collections.deque[memoryview] = collections.deque()
         self.size = 0
 
     def append(self, data: bytes) -> None:
         if data:
-            self.pieces.append(data)
+            self.pieces.append(memoryview(data))
             self.size += len(data)
 
-    def take(self, size: int) -> bytes:
-        """The first ``size`` bytes, as one ``bytes``, removed from the buffer."""
+    def take(self, size: int) -> PartBody:
+        """The first ``size`` bytes, removed from the buffer."""
         taken = []
         left = size
         while left:
@@ -306,11 +308,64 @@ class _Buffer:
             taken.append(piece)
             left -= len(piece)
         self.size -= size
-        return b"".join(taken)
+        return PartBody(taken)
 
     def clear(self) -> None:
         self.pieces.clear()
         self.size = 0
+
+
+class PartBody(io.RawIOBase):
+    """A part's bytes as a seekable file over the pieces they were written in: what the
+    client reads to hash and send them, and reads again from the start to retry."""
+
+    def __init__(self, pieces: list[memoryview]) -> None:
+        self.pieces = pieces
+        self.size = sum(len(p) for p in pieces)
+        self._at = 0  # the position
+        self._piece, self._offset = 0, 0  # where it is: pieces[_piece][_offset:]
+
+    def __len__(self) -> int:
+        return self.size
+
+    def file(self) -> BinaryIO:
+        """Itself, as the binary file the client's types ask for (a raw one: reads come
+        straight from the pieces)."""
+        return cast(BinaryIO, self)
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._at
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        target = {io.SEEK_SET: 0, io.SEEK_CUR: self._at, io.SEEK_END: self.size}[whence]
+        target = min(max(target + offset, 0), self.size)
+        self._at, self._piece, self._offset = 0, 0, 0
+        while self._piece < len(self.pieces) and target - self._at >= len(self.pieces[self._piece]):
+            self._at += len(self.pieces[self._piece])
+            self._piece += 1
+        self._offset = target - self._at
+        self._at = target
+        return target
+
+    def readinto(self, buffer: Any) -> int:
+        out = memoryview(buffer).cast("B")
+        done = 0
+        while done < len(out) and self._piece < len(self.pieces):
+            piece = self.pieces[self._piece]
+            count = min(len(piece) - self._offset, len(out) - done)
+            out[done : done + count] = piece[self._offset : self._offset + count]
+            done += count
+            self._offset += count
+            if self._offset == len(piece):
+                self._piece, self._offset = self._piece + 1, 0
+        self._at += done
+        return done
 
 
 class MultipartSink:
@@ -385,7 +440,7 @@ class MultipartSink:
             body = self._buffer.take(self._buffer.size)
             with self.storage.calling():
                 self.storage.client.put_object(
-                    Bucket=self._bucket, Key=self.key, Body=body, **self.headers
+                    Bucket=self._bucket, Key=self.key, Body=body.file(), **self.headers
                 )
             self._buffer.clear()
             self._shut()
@@ -439,10 +494,14 @@ class MultipartSink:
         self._parts.append(_Part(number, size, future))
         self._sent += size
 
-    def _upload_part(self, upload_id: str, number: int, body: bytes) -> str:
+    def _upload_part(self, upload_id: str, number: int, body: PartBody) -> str:
         with self.storage.calling():
             answer = self.storage.client.upload_part(
-                Bucket=self._bucket, Key=self.key, UploadId=upload_id, PartNumber=number, Body=body
+                Bucket=self._bucket,
+                Key=self.key,
+                UploadId=upload_id,
+                PartNumber=number,
+                Body=body.file(),
             )
         return answer["ETag"]
 

@@ -6,6 +6,7 @@ real S3 API on loopback in a process of its own; downloads are real curl."""
 from __future__ import annotations
 
 import gzip
+import io
 import signal
 import subprocess
 import sys
@@ -301,11 +302,35 @@ def test_the_buffer_gives_back_what_was_written_in_order(
     written = b"".join(pieces)
     taken = b""
     for cut in cuts:
-        size = min(cut, buffer.size)
-        taken += buffer.take(size)
+        part = buffer.take(min(cut, buffer.size))
+        assert len(part) == min(cut, len(written) - len(taken))
+        taken += part.read()
         assert buffer.size == len(written) - len(taken)
-    taken += buffer.take(buffer.size)
+    taken += buffer.take(buffer.size).read()
     assert taken == written
+
+
+@given(
+    pieces=st.lists(st.binary(max_size=40), max_size=12),
+    reads=st.lists(st.tuples(st.integers(-5, 300), st.integers(0, 90)), max_size=8),
+)
+def test_a_part_body_reads_like_a_file_from_anywhere(
+    pieces: list[bytes], reads: list[tuple[int, int]]
+) -> None:
+    """What the client does with it: sizes it, reads it in blocks, seeks back to retry."""
+    buffer = _Buffer()
+    for piece in pieces:
+        buffer.append(piece)
+    data = b"".join(pieces)
+    body = buffer.take(len(data))
+    assert body.seek(0, io.SEEK_END) == len(data) == len(body)
+    for offset, count in reads:
+        at = body.seek(offset)
+        assert at == min(max(offset, 0), len(data)) == body.tell()
+        assert body.read(count) == data[at : at + count]
+        assert body.tell() == min(at + count, len(data))
+    body.seek(0)
+    assert body.read() == data
 
 
 # -- boto3 only for a bucket -------------------------------------------------------------------
