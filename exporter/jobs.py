@@ -114,8 +114,9 @@ def describe_error(exc: BaseException) -> str:
         return "the export's query was cancelled on the database server"
     if isinstance(exc, psycopg.OperationalError):
         return "the connection to the database failed or was lost during the export"
-    if isinstance(exc, psycopg.Error) and exc.diag.message_primary:
-        return f"the database reported an error: {exc.diag.message_primary}"
+    if isinstance(exc, psycopg.Error) and (exc.diag.message_primary or str(exc)):
+        # (An error of the COPY reader's connection carries its message, not a diag.)
+        return f"the database reported an error: {exc.diag.message_primary or exc}"
     return "the export failed because of an internal error; the server log has the details"
 
 

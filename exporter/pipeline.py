@@ -37,7 +37,7 @@ import threading
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import trio_asyncio  # noqa: F401  (before psycopg: see exporter.store)
 import psycopg
@@ -47,12 +47,14 @@ from psycopg.adapt import AdaptersMap
 from psycopg.rows import tuple_row
 from psycopg.types.string import TextLoader
 
-from exporter.copy_source import CopyRows
 from exporter.csvfmt import Dialect, Row, encode_header, encode_rows
-from exporter.query import IdRange, Select, copy_of, export_select
+from exporter.query import IdRange, Select, export_select
 from exporter.request import ExportRequest
 from exporter.states import Checkpoint
 from exporter.storage import CannotResume, ExportStorage, Sink
+
+if TYPE_CHECKING:
+    from exporter.copy_source import CopyReader
 
 log = logging.getLogger(__name__)
 
@@ -334,7 +336,12 @@ def id_ranges(after: int, last: int, step: int) -> list[IdRange]:
 
 
 class RowSource:
-    """The export's rows, one range of ids at a time, from a server-side cursor or COPY."""
+    """The export's rows, one range of ids at a time, from a server-side cursor or COPY.
+
+    The cursor reads on the export's connection. COPY is read by a ``CopyReader`` (asyncpg,
+    on a connection of its own in the export's snapshot), started with the first range;
+    ``close`` ends it.
+    """
 
     def __init__(
         self,
@@ -342,25 +349,31 @@ class RowSource:
         request: ExportRequest,
         row_source: str,
         batch_rows: int,
+        *,
+        conninfo: str = "",
+        application_name: str = "exporter",
     ) -> None:
         self.conn, self.request, self.copy = conn, request, row_source == "copy"
         self.batch_rows = batch_rows
-        self.cancel = conn.cancel_safe
+        self.conninfo, self.application_name = conninfo, application_name
+        self.cancel: Callable[[], None] = conn.cancel_safe
         # The cursor's statement is built once; COPY takes no parameters, so its bounds
         # are written into each range's statement.
         self.select = export_select(request, ids=IdRange(0, 0))[0]
         self._cursor: psycopg.ServerCursor[Any] | None = None
+        self._reader: CopyReader | None = None
 
     async def open(self, ids: IdRange) -> Callable[[], Batch]:
         """Start the range's query; returns the blocking call that reads its next batch."""
         if self.copy:
+            reader = self._reader or await self._start_reader()
             select, _ = export_select(self.request, inline=True, ids=ids)
-            statement = copy_of(select, self.request, header=False).as_bytes(self.conn)
-            source = CopyRows(self.conn, statement)
-            await run_cancellable(source.start, cancel=self.cancel)
+            reader.open(
+                select.as_string(self.conn), self.request.delimiter, self.request.quote_char
+            )
 
             def read_block() -> Batch:
-                rows, data = source.read(self.batch_rows)
+                rows, data = reader.read()
                 return CopyBlock(data, rows)
 
             return read_block
@@ -370,6 +383,28 @@ class RowSource:
         self._cursor = cursor = self.conn.cursor(name="export")
         await run_cancellable(cursor.execute, self.select, params, cancel=self.cancel)
         return functools.partial(cursor.fetchmany, self.batch_rows)
+
+    async def _start_reader(self) -> CopyReader:
+        # Imported here: asyncpg (4 MB) only for an export that reads COPY.
+        from exporter.copy_source import CopyReader, connect_arguments
+
+        row = await run_cancellable(
+            lambda: self.conn.execute("SELECT pg_export_snapshot()").fetchone(),
+            cancel=self.cancel,
+        )
+        assert row is not None
+        snapshot = row[0].decode() if isinstance(row[0], bytes) else str(row[0])
+        connect = connect_arguments(self.conninfo, self.application_name)
+        self._reader = reader = CopyReader(connect, snapshot, self.batch_rows)
+        self.cancel = reader.cancel
+        await run_cancellable(reader.start, cancel=reader.cancel)
+        return reader
+
+    def close(self) -> None:
+        """End the COPY reader's connection and thread, if it was started (blocking)."""
+        reader, self._reader = self._reader, None
+        if reader is not None:
+            reader.close()
 
 
 async def read_batches(
@@ -504,6 +539,14 @@ async def export_csv(
     gz = GzipOutput(storage.sink(export_id, gzip=True)) if gzip else None
     conn = await trio.to_thread.run_sync(open_text_connection, conninfo, application_name)
     cancel_query = conn.cancel_safe
+    source = RowSource(
+        conn,
+        request,
+        row_source,
+        batch_rows,
+        conninfo=conninfo,
+        application_name=application_name,
+    )
     committed = False
     try:
         progress.total_rows = await run_cancellable(
@@ -520,7 +563,7 @@ async def export_csv(
 
         first = 0 if resume is None else resume.last_id
         await _copy_rows(
-            RowSource(conn, request, row_source, batch_rows),
+            source,
             id_ranges(first, last_id, batch_rows * RANGE_BATCHES),
             csv,
             gz,
@@ -548,7 +591,8 @@ async def export_csv(
                             with contextlib.suppress(OSError):
                                 await trio.to_thread.run_sync(end)
             finally:
-                # Closing ends the transaction and the backend with it.
+                # Closing ends the transactions and the backends with them.
+                await trio.to_thread.run_sync(source.close)
                 await trio.to_thread.run_sync(conn.close)
 
 

@@ -5,10 +5,11 @@ the reader wait instead of piling batches up in memory."""
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -17,7 +18,7 @@ import pytest
 import trio
 
 from exporter.config import ROW_SOURCES, Settings
-from exporter.copy_source import CopyRows
+from exporter.copy_source import CopyReader, connect_arguments
 from exporter.pipeline import Progress, export_csv, open_text_connection, run_cancellable
 from exporter.request import ExportRequest
 from exporter.server import run_server
@@ -142,41 +143,57 @@ async def test_cancel_while_thread_is_inside_fetchmany(database: str) -> None:
 
 
 SLEEPY_ROWS = 200_000
+# Most of the rows at once, then a sleep on the server before the last one.
+SLEEPY_SELECT = (
+    f"SELECT g, CASE WHEN g = {SLEEPY_ROWS} THEN pg_sleep(%s)::text END"
+    f" FROM generate_series(1, {SLEEPY_ROWS}) AS g"
+)
 
 
-def sleepy_copy(seconds: int) -> bytes:
-    """A COPY that sends most of its rows at once, then sleeps before the last one."""
-    return (
-        f"COPY (SELECT g, CASE WHEN g = {SLEEPY_ROWS} THEN pg_sleep({seconds}) END"
-        f" FROM generate_series(1, {SLEEPY_ROWS}) AS g) TO STDOUT"
-    ).encode()
+@contextlib.contextmanager
+def copy_reader(database: str, name: str) -> Iterator[CopyReader]:
+    """A COPY reader in the snapshot of an export's connection, as the pipeline makes it."""
+    conn = open_text_connection(database, name)
+    row = conn.execute("SELECT pg_export_snapshot()").fetchone()
+    assert row is not None
+    reader = CopyReader(connect_arguments(database, name), row[0].decode(), 5000)
+    try:
+        yield reader
+    finally:
+        reader.close()
+        conn.close()
+
+
+async def read_rows(reader: CopyReader, rows: int) -> bytes:
+    """Read blocks until ``rows`` rows have come (more may come with the last block)."""
+    data, count = b"", 0
+    while count < rows:
+        block_rows, block = await run_cancellable(reader.read, cancel=reader.cancel)
+        assert block_rows, "the COPY ended early"
+        data, count = data + block, count + block_rows
+    return data
 
 
 async def test_cancel_while_thread_is_inside_copy(database: str) -> None:
-    conn = open_text_connection(database, "exporter inside-copy")
-    try:
-        # Many rows at once (the server sends in 8 kB blocks), then a sleep on the server
-        # while the reader waits for the rest.
-        source = CopyRows(conn, sleepy_copy(30))
-        await run_cancellable(source.start, cancel=conn.cancel_safe)
+    with copy_reader(database, "exporter inside-copy") as reader:
+        await run_cancellable(reader.start, cancel=reader.cancel)
+        reader.open(SLEEPY_SELECT % 30, ",", '"')
+        await read_rows(reader, SLEEPY_ROWS - 5000)
         started = time.monotonic()
         with trio.move_on_after(0.3):
-            await run_cancellable(source.read, 10**6, cancel=conn.cancel_safe)
+            await read_rows(reader, SLEEPY_ROWS)
         elapsed = time.monotonic() - started
         assert 0.3 <= elapsed < 1.3
+        # The COPY is no longer running on the server.
         sessions = backends(database, "inside-copy")
-        assert len(sessions) == 1
-        assert sessions[0][1] != "active", sessions
-    finally:
-        conn.close()
+        assert sessions and all(state != "active" for _, state, _ in sessions), sessions
+    assert backends(database, "inside-copy") == []  # closed: its backend is gone
 
 
 @pytest.mark.slow
 async def test_copy_reader_leaves_the_event_loop_running(database: str) -> None:
-    """libpq's blocking read holds the GIL; the reader must wait with it released."""
-    conn = open_text_connection(database, "exporter copy-gil")
-    try:
-        source = CopyRows(conn, sleepy_copy(1))
+    """The reader's waits (and its parsing, in large buffers) must not hold the GIL long."""
+    with copy_reader(database, "exporter copy-gil") as reader:
         gaps: list[float] = []
 
         async def tick() -> None:
@@ -189,16 +206,15 @@ async def test_copy_reader_leaves_the_event_loop_running(database: str) -> None:
 
         async with trio.open_nursery() as nursery:
             nursery.start_soon(tick)
-            await run_cancellable(source.start, cancel=conn.cancel_safe)
-            rows, data = await run_cancellable(source.read, 10**6, cancel=conn.cancel_safe)
-            assert rows == SLEEPY_ROWS and data.endswith(b"199999\t\\N\n200000\t\n")
-            assert await run_cancellable(source.read, 10, cancel=conn.cancel_safe) == (0, b"")
+            await run_cancellable(reader.start, cancel=reader.cancel)
+            reader.open(SLEEPY_SELECT % 1, ",", '"')
+            data = await read_rows(reader, SLEEPY_ROWS)
+            assert data.endswith(b'199999,\n200000,""\n') and data.count(b"\n") == SLEEPY_ROWS
+            assert await run_cancellable(reader.read, cancel=reader.cancel) == (0, b"")
             nursery.cancel_scope.cancel()
         # Holding the GIL through the server's 1 s sleep would show as a gap of ~1 s; on a
         # busy shared machine ordinary gaps reach a couple of tenths (0.23 s seen once).
         assert sum(gaps) >= 0.9 and max(gaps) < 0.5, max(gaps)
-    finally:
-        conn.close()
 
 
 @pytest.mark.slow
