@@ -47,6 +47,8 @@ from psycopg.conninfo import conninfo_to_dict
 QUEUE_BLOCKS = 2
 # Seconds a closing connection may take to say goodbye before it is cut.
 CLOSE_TIMEOUT = 2.0
+# How often (ms) the backend of a running COPY checks that its client is still there.
+CHECK_CLIENT_MS = 200
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -111,6 +113,7 @@ class CopyReader:
         self._pending_rows = 0
         self._counted = 0  # rows handed over in this range's blocks so far
         self._ended = False
+        self._cut = False  # a COPY was cancelled or failed: the connection is not reusable
 
     # -- the loop's thread ---------------------------------------------------------------
 
@@ -160,7 +163,8 @@ class CopyReader:
     def cancel(self) -> None:
         """Stop the running COPY (any thread); its ``read`` then raises."""
         copy = self._copy
-        if copy is not None:
+        if copy is not None and not copy.done():
+            self._cut = True
             self._loop.call_soon_threadsafe(copy.cancel)
 
     def close(self) -> None:
@@ -179,6 +183,10 @@ class CopyReader:
         _lower_priority()
         self._queue = asyncio.Queue(QUEUE_BLOCKS)
         self._conn = conn = await asyncpg.connect(**self._connect_arguments)
+        if conn.get_server_version() >= (14,):
+            # The backend looks for its client while a query runs (a COPY waiting for a
+            # lock, say), and ends once the connection is cut, not when the query would.
+            await conn.execute(f"SET client_connection_check_interval = {CHECK_CLIENT_MS}")
         await conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
         await conn.execute(f"SET TRANSACTION SNAPSHOT '{self._snapshot}'")
 
@@ -193,6 +201,7 @@ class CopyReader:
                 await self._queue.put((self._pending_rows, b"".join(self._pending)))
             await self._queue.put(_End(int(status.split()[-1])))
         except BaseException as exc:  # handed to the reader, which raises it
+            self._cut = True
             while not self._queue.empty():
                 self._queue.get_nowait()
             self._queue.put_nowait(exc)
@@ -212,6 +221,11 @@ class CopyReader:
     async def _close(self) -> None:
         conn, self._conn = self._conn, None
         if conn is None:
+            return
+        if self._cut:
+            # Mid-COPY: asyncpg would wait for the server to finish it. Cut: the backend
+            # ends at once if it is sending, or within CHECK_CLIENT_MS if it is waiting.
+            conn.terminate()
             return
         try:
             await asyncio.wait_for(conn.close(), CLOSE_TIMEOUT)

@@ -212,9 +212,9 @@ def job_row(database: str, export_id: str) -> tuple[Any, ...]:
     return tuple(row)
 
 
-def start_mid_export(app: Service, database: str) -> str:
+def start_mid_export(app: Service, database: str, gated: GatedDatabase) -> str:
     """Starts an export and returns its id once it waits at the gate, half-way: the rows
-    before it written (and shown in its status), the rest still to come."""
+    before it written (and shown in its status) and checkpointed, the rest still to come."""
     response = app.client.post("/exports/csv")
     assert response.status_code == 202, response.text
     export_id = str(response.json()["exportId"])
@@ -227,6 +227,11 @@ def start_mid_export(app: Service, database: str) -> str:
         assert time.monotonic() < deadline, doc
         time.sleep(0.02)
     assert doc["status"] == "processing" and doc["progress"]["processedRows"] == ROWS_AT_GATE
+    # The checkpoint at the gate is recorded after the rows are written (by the compressor,
+    # once the gzip copy is durable too): wait for it, or a kill may come first.
+    while checkpoint_of(gated.admin_url, export_id)[0] != ROWS_AT_GATE:
+        assert time.monotonic() < deadline, checkpoint_of(gated.admin_url, export_id)
+        time.sleep(0.02)
     return export_id
 
 
@@ -261,7 +266,7 @@ def test_sigkill_mid_export_then_restart_continues_from_the_checkpoint(
     exports = tmp_path / "exports"
     with service(gated_database.url, exports, keep_queue=True, **CHECKPOINTED) as app:
         gates.hold(GATE)
-        export_id = start_mid_export(app, database)
+        export_id = start_mid_export(app, database, gated_database)
         app.process.send_signal(signal.SIGKILL)
         app.process.wait(10)
     # What a killed process leaves: a half-written file, a job still processing, and how
@@ -294,7 +299,7 @@ def test_sigterm_mid_export_hands_it_back_and_a_restart_continues_it(
     exports = tmp_path / "exports"
     with service(gated_database.url, exports, keep_queue=True, **CHECKPOINTED) as app:
         gates.hold(GATE)  # held through the shutdown: the export cannot end by itself
-        export_id = start_mid_export(app, database)
+        export_id = start_mid_export(app, database, gated_database)
         assert f"{export_id}.csv.part" in export_files(exports)
         started = time.monotonic()
         app.process.send_signal(signal.SIGTERM)
