@@ -1,13 +1,15 @@
 """/health latency while two full exports run and clients download.
 
     .venv/bin/python -m bench.health [--rows 10000000] [--database-url URL] [--hz 20]
-                                     [--downloads 2]
+                                     [--downloads 2] [--exports 2] [--env NAME=VALUE ...]
 
 An earlier, small export (country_code=US) is made first. Then a thread GETs /health
 `--hz` times a second over one persistent connection (httpx), timing each request
 (wall time, request sent to body read). After 3 s of that, `--downloads` curl clients
 start downloading the earlier export at 5 MB/s each, over and over, and two full exports
-start (the service runs two at once). Sampling stops when both exports are completed.
+start (the service runs two at once; `--exports N` for another number). Sampling stops
+when the exports are completed. `--env NAME=VALUE` (repeatable) sets the service's
+environment, e.g. `--env ROW_SOURCE=copy`; the results' names then carry the values.
 
 Reports p50, p99 and max latency (ms) and the sample count, before the exports and
 during them. Draws latency over time to bench/results/health.png, writes
@@ -123,9 +125,16 @@ def main() -> int:
     parser.add_argument("--database-url", default=os.environ.get("BENCH_DATABASE_URL"))
     parser.add_argument("--hz", type=float, default=20, help="/health requests a second")
     parser.add_argument("--downloads", type=int, default=2, help="curl clients at 5 MB/s")
+    parser.add_argument("--exports", type=int, default=EXPORTS, help="full exports at once")
+    parser.add_argument("--env", action="append", default=[], help="NAME=VALUE for the service")
     args = parser.parse_args()
+    env = dict(item.split("=", 1) for item in args.env)
+    name = "-".join(["health", *(value.lower() for value in env.values())])
 
-    with seeded_database(args.database_url, args.rows) as conninfo, service(conninfo) as app:
+    with (
+        seeded_database(args.database_url, args.rows) as conninfo,
+        service(conninfo, **env) as app,
+    ):
         _, earlier_id = app.export(EARLIER)
         download_url = f"{app.url}/exports/{earlier_id}/download"
         origin = time.perf_counter()
@@ -136,7 +145,7 @@ def main() -> int:
         started = time.perf_counter() - origin
         clients = [curl(download_url, DOWNLOAD_RATE) for _ in range(args.downloads)]
         export_ids = []
-        for _ in range(EXPORTS):
+        for _ in range(args.exports):
             response = app.client.post("/exports/csv")
             response.raise_for_status()
             export_ids.append(response.json()["exportId"])
@@ -175,7 +184,8 @@ def main() -> int:
         "download_rate": DOWNLOAD_RATE,
         "earlier_export_params": EARLIER,
         "earlier_export_bytes": earlier_bytes,
-        "exports": EXPORTS,
+        "exports": args.exports,
+        "service_env": env,
         "export_rows": final["processedRows"],
         "exports_seconds": round(ended - started, 2),
         "downloads_completed": downloads_done,
@@ -184,13 +194,13 @@ def main() -> int:
         "during_exports": summary(during),
         "samples": [[round(t, 3), round(ms, 2)] for t, ms in sampler.samples],
     }
-    (RESULTS / "health.json").write_text(json.dumps(report, indent=2) + "\n")
+    (RESULTS / f"{name}.json").write_text(json.dumps(report, indent=2) + "\n")
     line_chart(
-        RESULTS / "health.png",
+        RESULTS / f"{name}.png",
         [t for t, _ in sampler.samples],
         [ms for _, ms in sampler.samples],
         title=(
-            f"/health latency at {args.hz:g} Hz: {EXPORTS} full exports, "
+            f"/health latency at {args.hz:g} Hz: {args.exports} full exports, "
             f"{args.downloads} downloads at {DOWNLOAD_RATE}/s"
         ),
         xlabel="time (s)",
@@ -200,7 +210,7 @@ def main() -> int:
     )
 
     print(
-        f"{EXPORTS} full exports of {report['export_rows']:,} rows in "
+        f"{args.exports} full exports of {report['export_rows']:,} rows in "
         f"{report['exports_seconds']:.1f} s; {args.downloads} clients at {DOWNLOAD_RATE}/s "
         f"completed {downloads_done} downloads of {earlier_bytes / 1e6:.1f} MB; "
         f"{sampler.errors} failed /health requests"
