@@ -36,6 +36,7 @@ import concurrent.futures
 import contextlib
 import dataclasses
 import os
+import re
 import threading
 from typing import Any
 
@@ -49,6 +50,8 @@ QUEUE_BLOCKS = 2
 CLOSE_TIMEOUT = 2.0
 # How often (ms) the backend of a running COPY checks that its client is still there.
 CHECK_CLIENT_MS = 200
+# What pg_export_snapshot() returns, e.g. 00000003-0000001B-1.
+_SNAPSHOT_ID = re.compile(r"[0-9A-F]+(-[0-9A-F]+)+")
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -188,6 +191,9 @@ class CopyReader:
             # lock, say), and ends once the connection is cut, not when the query would.
             await conn.execute(f"SET client_connection_check_interval = {CHECK_CLIENT_MS}")
         await conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        # A literal (SET takes no parameters): the server's own id, checked to be one.
+        if not _SNAPSHOT_ID.fullmatch(self._snapshot):
+            raise ValueError(f"not a snapshot id: {self._snapshot!r}")
         await conn.execute(f"SET TRANSACTION SNAPSHOT '{self._snapshot}'")
 
     async def _run_copy(self, select: str, delimiter: str, quote: str) -> None:
