@@ -91,7 +91,7 @@ class ObjectStorage:
 
     def __init__(self, url: str, client: S3Client | None = None) -> None:
         self.location = Location.parse(url)
-        self.description = str(self.location)
+        self.description = f"the export store {self.location}"
         self.client = client or _client()
 
     def key(self, export_id: uuid.UUID, *, gzip: bool = False) -> str:
@@ -106,7 +106,7 @@ class ObjectStorage:
             raise ExportStoreError(self._sentence(exc)) from exc
 
     def _sentence(self, exc: Exception) -> str:
-        where = f"the export store {self.description}"
+        where = self.description
         if isinstance(exc, botocore.exceptions.NoCredentialsError):
             return f"{where} needs credentials (AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY)"
         if isinstance(
@@ -478,7 +478,7 @@ class MultipartSink:
         assert self._sender is not None, "write before open"
         if len(self._parts) == MAX_PARTS:
             raise ExportStoreError(
-                f"the export is too large for the export store {self.storage.description}"
+                f"the export is too large for {self.storage.description}"
                 f" ({MAX_PARTS} parts of {PART_SIZE // 2**20} MiB)"
             )
         if self._upload_id is None:

@@ -138,7 +138,7 @@ class ExportStoreError(OSError):
 
 
 class ExportStorage(Protocol):
-    # How a sentence for users names the store, e.g. "s3://exports/prod".
+    # How a sentence for users names the store, e.g. "the export store s3://exports/prod".
     description: str
 
     def prepare(self) -> None:
@@ -264,7 +264,7 @@ class FolderStorage:
 
     def __init__(self, root: Path) -> None:
         self.root = root
-        self.description = f"the folder {root.name or root}"
+        self.description = f"the export folder {root.name or root}"
 
     def check(self) -> None:
         if not self.root.is_dir():
