@@ -441,7 +441,10 @@ class JobManager:
                 self.metrics.export_ended(ExportStatus.CANCELLED, 0, 0, None)
             # A waiting job may hold the partial files of an earlier attempt (handed back
             # to be continued); nobody will now, and nobody writes them meanwhile.
-            await trio.to_thread.run_sync(self.storage.remove, job_id)
+            try:
+                await trio.to_thread.run_sync(self.storage.remove, job_id)
+            except OSError as exc:  # the store is down: the sweep removes them later
+                log.warning("export %s: its partial files stay for now: %s", job_id, exc)
         if record.status == ExportStatus.PROCESSING:
             job = self._running.get(job_id)
             if job is not None:

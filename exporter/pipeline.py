@@ -466,7 +466,7 @@ async def write_batches(
                 if checkpoints.due():
                     csv_bytes = await trio.to_thread.run_sync(csv.sink.sync)
                     if csv_bytes is None:
-                        continue  # not yet (an object store's first part): the next range end
+                        continue  # not yet (an object store's part is not full): next range end
                     checkpoints.last = time.monotonic()
                     mark = CheckpointMark(progress.processed_rows, item.last_id, csv_bytes)
                     if send_csv is not None:
