@@ -9,7 +9,7 @@ time and RSS are that client's alone. It generates `--size-mb` MiB of CSV-like r
 the fly (a 100-byte row with a counter, 2,621 rows to a chunk of 262,100 bytes; never more
 than one chunk held by the generator) and feeds them to:
 
-- local file: the baseline, the same generator written to a file in /tmp (no fsync);
+- local file: the baseline, the same generator written to a temporary file (no fsync);
 - boto3: create_multipart_upload, then upload_part of each 8 MiB part in turn from the
   one thread, complete_multipart_upload (botocore's defaults otherwise);
 - obstore open_writer: obstore.open_writer(S3Store, buffer_size=8 MiB), default
@@ -148,7 +148,7 @@ def obstore_store(endpoint: str) -> Any:
 
 def upload(name: str, endpoint: str, key: str, size: int) -> dict[str, Any]:
     """In the child: import ``name``'s library, make its client, stream ``size`` bytes to
-    ``key`` (a file in /tmp for the local file); returns the measurements."""
+    ``key`` (a temporary file for the local file); returns the measurements."""
     result: dict[str, Any] = {"client": name}
     modules = len(sys.modules)
     result["rss_before_import_mb"] = round(status_kb("VmRSS") / 1024, 1)
@@ -511,7 +511,10 @@ def run_child(args: list[str]) -> Any:
 
 def run_one(name: str, endpoint: str, size_mb: int, moto: Any, round_: int) -> dict[str, Any]:
     """One client in a fresh process; then HEAD the object, check its size, delete it."""
-    key = f"/tmp/s3_clients_{os.getpid()}.csv" if name == "local file" else f"exports/{round_}.csv"
+    import tempfile  # here: the children import nothing but what they measure
+
+    local = os.path.join(tempfile.gettempdir(), f"s3_clients_{os.getpid()}.csv")
+    key = local if name == "local file" else f"exports/{round_}.csv"
     moto_before = moto.cpu_times()
     started = time.perf_counter()
     size = size_mb * MiB
