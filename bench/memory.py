@@ -1,7 +1,7 @@
 """The server's memory (RSS) through a full export while slow clients download another.
 
     .venv/bin/python -m bench.memory [--rows 10000000] [--database-url URL] [--clients 4]
-                                     [--rate 50k]
+                                     [--rate 50k] [--env NAME=VALUE ...]
 
 An earlier, small export (country_code=US) is made first; `--clients` curl processes then
 download it at `--rate` each (`curl --limit-rate`), and a full export (POST /exports/csv,
@@ -13,7 +13,9 @@ psutil; PostgreSQL is not one of them) is sampled together with the export's pro
 Reports the peak RSS, the RSS at 10% of the rows (the first sample at or after 10% of
 processedRows/totalRows) and at 100% (the first sample that sees the export completed), and
 the flatness: max - min RSS between those two samples. Draws RSS over time to
-bench/results/memory.png, writes bench/results/memory.json, prints a table.
+bench/results/memory.png, writes bench/results/memory.json, prints a table. `--env
+NAME=VALUE` (repeatable) sets the service's environment, e.g. `--env BATCH_ROWS=20000`;
+the results' names then carry the values.
 """
 
 from __future__ import annotations
@@ -82,10 +84,16 @@ def main() -> int:
     parser.add_argument("--database-url", default=os.environ.get("BENCH_DATABASE_URL"))
     parser.add_argument("--clients", type=int, default=4)
     parser.add_argument("--rate", default="50k", help="each client's curl --limit-rate")
+    parser.add_argument("--env", action="append", default=[], help="NAME=VALUE for the service")
     args = parser.parse_args()
+    env = dict(item.split("=", 1) for item in args.env)
+    name = "-".join(["memory", *(value.lower() for value in env.values())])
 
     samples: list[dict[str, Any]] = []
-    with seeded_database(args.database_url, args.rows) as conninfo, service(conninfo) as app:
+    with (
+        seeded_database(args.database_url, args.rows) as conninfo,
+        service(conninfo, **env) as app,
+    ):
         _, earlier_id = app.export(EARLIER)
         pid = app.process.pid
         clients = [
@@ -137,6 +145,7 @@ def main() -> int:
         "rows": args.rows,
         "clients": args.clients,
         "rate": args.rate,
+        "service_env": env,
         "earlier_export_params": EARLIER,
         "sample_seconds": SAMPLE_SECONDS,
         "export_rows": final["processedRows"],
@@ -151,9 +160,9 @@ def main() -> int:
         "samples_during_export": len(during),
         "samples": samples,
     }
-    (RESULTS / "memory.json").write_text(json.dumps(report, indent=2) + "\n")
+    (RESULTS / f"{name}.json").write_text(json.dumps(report, indent=2) + "\n")
     line_chart(
-        RESULTS / "memory.png",
+        RESULTS / f"{name}.png",
         [s["t"] for s in samples],
         [s["rss_mb"] for s in samples],
         title=(
