@@ -441,10 +441,7 @@ class JobManager:
                 self.metrics.export_ended(ExportStatus.CANCELLED, 0, 0, None)
             # A waiting job may hold the partial files of an earlier attempt (handed back
             # to be continued); nobody will now, and nobody writes them meanwhile.
-            try:
-                await trio.to_thread.run_sync(self.storage.remove, job_id)
-            except OSError as exc:  # the store is down: the sweep removes them later
-                log.warning("export %s: its partial files stay for now: %s", job_id, exc)
+            await self._remove_files(job_id)
         if record.status == ExportStatus.PROCESSING:
             job = self._running.get(job_id)
             if job is not None:
@@ -526,12 +523,7 @@ class JobManager:
                 log.warning("export %s was no longer this process's at its end", record.id)
                 return
             if held:
-                try:
-                    await trio.to_thread.run_sync(self.storage.remove, record.id)
-                except OSError as exc:
-                    # The store itself is what failed: what it still holds of the export
-                    # (never a finished file) goes with the janitor's sweep once it is back.
-                    log.warning("export %s: its files stay for now: %s", record.id, exc)
+                await self._remove_files(record.id)
         if self.metrics is not None:
             self.metrics.export_ended(
                 status, record.processed_rows, record.file_size or 0, _duration(record)
@@ -554,7 +546,19 @@ class JobManager:
 
     async def _remove_unwanted_files(self, record: JobRecord) -> None:
         if record.status != ExportStatus.COMPLETED:
-            await trio.to_thread.run_sync(self.storage.remove, record.id)
+            await self._remove_files(record.id)
+
+    async def _remove_files(self, job_id: uuid.UUID) -> None:
+        """Remove the files of a job that ended without them (or will not continue).
+
+        If the export store itself fails, what it still holds of the export (never a
+        finished file) is left for the janitor's sweep once the store is back: the job's
+        end is recorded all the same.
+        """
+        try:
+            await trio.to_thread.run_sync(self.storage.remove, job_id)
+        except OSError as exc:
+            log.warning("export %s: its files stay for now: %s", job_id, exc)
 
     async def _holds(self, job_id: uuid.UUID) -> bool | None:
         """Whether the job is still this process's (its lease renewed now); None when the

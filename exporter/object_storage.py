@@ -44,6 +44,7 @@ from exporter.storage import EXPORT_FILE, CannotResume, ExportFile, ExportStoreE
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
+    from mypy_boto3_s3.type_defs import MultipartUploadTypeDef
 
 # Every part but the last must hold at least 5 MiB (S3's rule, kept by every compatible
 # store); parts of exactly that size keep the buffer small. 10,000 parts at most make
@@ -193,13 +194,10 @@ class ObjectStorage:
                     file = self._export_file(item["Key"], item["LastModified"], now, False)
                     if file is not None:
                         found.append(file)
-            for uploads in self.client.get_paginator("list_multipart_uploads").paginate(
-                Bucket=bucket, Prefix=prefix
-            ):
-                for upload in uploads.get("Uploads", []):
-                    file = self._export_file(upload["Key"], upload["Initiated"], now, True)
-                    if file is not None:
-                        found.append(file)
+            for upload in self._open_uploads(prefix):
+                file = self._export_file(upload["Key"], upload["Initiated"], now, True)
+                if file is not None:
+                    found.append(file)
         return found
 
     def _export_file(
@@ -223,13 +221,16 @@ class ObjectStorage:
 
     def uploads(self, key: str) -> list[str]:
         """The ids of the multipart uploads open for ``key``."""
-        ids = []
         with self.calling():
-            for page in self.client.get_paginator("list_multipart_uploads").paginate(
-                Bucket=self.location.bucket, Prefix=key
-            ):
-                ids += [u["UploadId"] for u in page.get("Uploads", []) if u["Key"] == key]
-        return ids
+            return [u["UploadId"] for u in self._open_uploads(key) if u["Key"] == key]
+
+    def _open_uploads(self, prefix: str) -> Iterator[MultipartUploadTypeDef]:
+        """The multipart uploads open under ``prefix``, every page of them (call inside
+        ``calling``)."""
+        for page in self.client.get_paginator("list_multipart_uploads").paginate(
+            Bucket=self.location.bucket, Prefix=prefix
+        ):
+            yield from page.get("Uploads", [])
 
     def abort_uploads(self, key: str) -> None:
         for upload_id in self.uploads(key):

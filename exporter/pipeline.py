@@ -350,8 +350,8 @@ class RowSource:
         row_source: str,
         batch_rows: int,
         *,
-        conninfo: str = "",
-        application_name: str = "exporter",
+        conninfo: str,
+        application_name: str,
     ) -> None:
         self.conn, self.request, self.copy = conn, request, row_source == "copy"
         self.batch_rows = batch_rows
