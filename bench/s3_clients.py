@@ -130,6 +130,22 @@ def cpu(usage: resource.struct_rusage) -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+def boto3_client(endpoint: str) -> Any:
+    """boto3's client for the store, by path (imported here: see the module's last
+    paragraph)."""
+    import boto3
+    import botocore.config
+
+    return boto3.client(
+        "s3",
+        endpoint_url=endpoint,
+        region_name=REGION,
+        aws_access_key_id=KEY_ID,
+        aws_secret_access_key=SECRET,
+        config=botocore.config.Config(s3={"addressing_style": "path"}),
+    )
+
+
 def obstore_store(endpoint: str) -> Any:
     """obstore's client for the bucket, over plain HTTP and by path (imported here: see
     the module's last paragraph)."""
@@ -155,8 +171,9 @@ def upload(name: str, endpoint: str, key: str, size: int) -> dict[str, Any]:
     result["modules_before_import"] = modules
     started = time.perf_counter()
     if name == "boto3":
-        import boto3
-        import botocore.config
+        # Imported here to time the import alone (the client is made by boto3_client).
+        import boto3  # noqa: F401
+        import botocore.config  # noqa: F401
     elif name.startswith("obstore"):
         import obstore
         import obstore.store
@@ -169,14 +186,7 @@ def upload(name: str, endpoint: str, key: str, size: int) -> dict[str, Any]:
     host = endpoint.removeprefix("http://")
     started = time.perf_counter()
     if name == "boto3":
-        client = boto3.client(
-            "s3",
-            endpoint_url=endpoint,
-            region_name=REGION,
-            aws_access_key_id=KEY_ID,
-            aws_secret_access_key=SECRET,
-            config=botocore.config.Config(s3={"addressing_style": "path"}),
-        )
+        client = boto3_client(endpoint)
     elif name.startswith("obstore"):
         store = obstore_store(endpoint)
     elif name == "minio":
@@ -259,8 +269,6 @@ def features(endpoint: str) -> dict[str, Any]:
     import inspect
     import urllib.request
 
-    import boto3
-    import botocore.config
     import minio
     import obstore
     import obstore.store
@@ -291,14 +299,7 @@ def features(endpoint: str) -> dict[str, Any]:
     report: dict[str, Any] = {}
 
     # boto3: the operations of botocore's S3 service model, as client methods.
-    s3 = boto3.client(
-        "s3",
-        endpoint_url=endpoint,
-        region_name=REGION,
-        aws_access_key_id=KEY_ID,
-        aws_secret_access_key=SECRET,
-        config=botocore.config.Config(s3={"addressing_style": "path"}),
-    )
+    s3 = boto3_client(endpoint)
     s3.put_object(Bucket=BUCKET, Key=key, Body=body)
     model = s3.meta.service_model
     operations = set(model.operation_names)
