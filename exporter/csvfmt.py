@@ -13,20 +13,24 @@ Opt-in (``Dialect.neutralize_formulas``), OWASP's defence against CSV formula in
 a value starting with ``=``, ``+``, ``-``, ``@``, tab or CR gets a ``'`` in front, so a
 spreadsheet shows it as text instead of running it; then the rules above apply as usual.
 
-``encode_rows`` joins a whole batch into one buffer, where a few memchr scans prove that no
-value needs quotes or find the few that do; only those values are touched in Python. NULLs
-and empty strings (rare in practice) send a batch down the per-value path.
+``encode_rows`` joins a whole batch into one buffer, where one ``translate`` and C-speed
+scans find the values that need quotes; only those are touched in Python. NULLs and empty
+strings (rare in practice) send a batch down the per-value path.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import itertools
+import functools
 from collections.abc import Sequence
 
 Row = Sequence[bytes | None]
 
 _END_MARKER = b"\\."
+# encode_rows' separators in its joined buffer, and its mark for a byte that needs quotes.
+_VALUE_END = b"\x00"
+_ROW_END = b"\x01"
+_SPECIAL = b"\x02"
 # What a spreadsheet may read as the start of a formula (OWASP, "CSV Injection").
 FORMULA_STARTS = (b"=", b"+", b"-", b"@", b"\t", b"\r")
 
@@ -60,6 +64,20 @@ def _field(value: bytes | None, dialect: Dialect, single_column: bool) -> bytes:
     return value
 
 
+@functools.lru_cache(maxsize=16)
+def _probe_table(dialect: Dialect) -> bytes | None:
+    """``bytes.translate``'s table for encode_rows' probe; None for a dialect whose
+    delimiter or quote is ``\\x01``, which the probe cannot tell from a row's end."""
+    if _ROW_END in (dialect.delimiter, dialect.quote):
+        return None
+    table = bytearray(range(256))
+    table[_ROW_END[0]] = _VALUE_END[0]
+    table[_SPECIAL[0]] = _SPECIAL[0] + 1  # a value's own 0x02 needs no quotes
+    for special in (dialect.delimiter, dialect.quote, b"\n", b"\r"):
+        table[special[0]] = _SPECIAL[0]
+    return bytes(table)
+
+
 def encode_header(columns: Sequence[str], dialect: Dialect) -> bytes:
     single = len(columns) == 1
     return (
@@ -74,42 +92,6 @@ def _encode_slow(rows: Sequence[Row], dialect: Dialect, single_column: bool) -> 
     return b"\n".join(lines)
 
 
-def _quote_where_needed(
-    rows: Sequence[Row], flat: bytes, width: int, dialect: Dialect
-) -> list[Row]:
-    """``rows`` with the values that hold a special character quoted; nothing else touched.
-
-    ``flat`` is every value of the batch joined with NUL. ``bytes.find`` (memchr, many
-    times faster than a regex character class) finds the next special character of each
-    kind; counting the NULs before it says which row and column holds it.
-    """
-    out = list(rows)
-    q = dialect.quote
-    find, count = flat.find, flat.count
-    kinds = [c for c in (dialect.delimiter, q, b"\n", b"\r") if c in flat]
-    upcoming = [find(c) for c in kinds]
-    index, pos = 0, 0
-    while True:
-        start = min(upcoming)
-        index += count(b"\x00", pos, start)  # separators passed = values passed
-        row_index, column = divmod(index, width)
-        row = list(out[row_index])
-        value = row[column]
-        assert value is not None
-        row[column] = q + value.replace(q, q + q) + q
-        out[row_index] = row
-        pos = find(b"\x00", start)
-        if pos == -1:
-            return out
-        # Look past this value for every kind of special character it held.
-        for i, at in enumerate(upcoming):
-            if at < pos:
-                found = find(kinds[i], pos)
-                upcoming[i] = found if found != -1 else len(flat)
-        if min(upcoming) == len(flat):
-            return out
-
-
 def neutralize_formulas(rows: Sequence[Row]) -> list[Row]:
     """``rows`` with a ``'`` before every value a spreadsheet could run as a formula."""
     return [
@@ -121,29 +103,49 @@ def neutralize_formulas(rows: Sequence[Row]) -> list[Row]:
 def encode_rows(rows: Sequence[Row], dialect: Dialect) -> bytes:
     """The CSV lines of ``rows``, each ending in ``\\n``.
 
-    The whole batch is joined once with NUL, which PostgreSQL text can never hold, so a
-    few C-speed scans of one buffer prove that no value needs quotes, or find the few
-    that do; only those are touched. NULLs and empty strings (rare in practice) take the
-    per-value path, which tells them apart.
+    The batch is joined once into one buffer, values ended by NUL (which PostgreSQL text
+    can never hold) and rows by ``\\x01`` (counted, to prove no value holds one). One
+    ``translate`` of it marks every byte that needs quotes; ``find`` then goes from one
+    such value to the next, so only those are touched in Python, and two ``replace``
+    calls make the separators CSV's. NULLs, empty strings and a dialect using ``\\x01``
+    (all rare) take the per-value path, which tells them apart.
     """
     if not rows:
         return b""
     if dialect.neutralize_formulas:
         rows = neutralize_formulas(rows)
     single = len(rows[0]) == 1
+    table = _probe_table(dialect)
     try:
-        flat = b"\x00".join(itertools.chain.from_iterable(rows))  # type: ignore[arg-type]
+        flat = _ROW_END.join(map(_VALUE_END.join, rows))  # type: ignore[arg-type]
     except TypeError:  # a NULL: bytes.join refuses None
         return _encode_slow(rows, dialect, single)
-    if (
-        flat == b""
-        or b"\x00\x00" in flat
-        or flat[:1] == b"\x00"
-        or flat[-1:] == b"\x00"
-        or (single and _END_MARKER in flat)
-    ):  # an empty string (or COPY's end marker): every value on its own
+    if table is None or flat.count(_ROW_END) != len(rows) - 1:
         return _encode_slow(rows, dialect, single)
-    d = dialect.delimiter
-    if d in flat or dialect.quote in flat or b"\n" in flat or b"\r" in flat:
-        rows = _quote_where_needed(rows, flat, len(rows[0]), dialect)
-    return b"\n".join(map(d.join, rows)) + b"\n"  # type: ignore[arg-type]
+    # The probe: separators all NUL, bytes that need quotes _SPECIAL, the rest unchanged.
+    probe = flat.translate(table)
+    if (
+        not probe
+        or probe[0] == 0
+        or probe[-1] == 0
+        or b"\x00\x00" in probe
+        or (single and _END_MARKER in flat)
+    ):  # an empty string (two separators together), or COPY's end marker
+        return _encode_slow(rows, dialect, single)
+    find = probe.find
+    at = find(_SPECIAL)
+    if at != -1:
+        q = dialect.quote
+        pieces, done = [], 0
+        while at != -1:
+            start = probe.rfind(b"\x00", 0, at) + 1
+            end = find(b"\x00", at)
+            if end == -1:
+                end = len(flat)
+            pieces.append(flat[done:start])
+            pieces.append(q + flat[start:end].replace(q, q + q) + q)
+            done = end
+            at = find(_SPECIAL, end)
+        pieces.append(flat[done:])
+        flat = b"".join(pieces)
+    return flat.replace(_ROW_END, b"\n").replace(_VALUE_END, dialect.delimiter) + b"\n"
