@@ -113,7 +113,7 @@ def _serve_or_seed(parser: argparse.ArgumentParser, args: argparse.Namespace) ->
     from exporter.config import Settings, SettingsError
     from exporter.logs import configure_logging
     from exporter.schema import apply_schema
-    from exporter.server import limit_malloc_arenas, run_server
+    from exporter.server import run_server, tune_malloc
 
     try:
         settings = Settings.from_env()
@@ -131,7 +131,7 @@ def _serve_or_seed(parser: argparse.ArgumentParser, args: argparse.Namespace) ->
             parser.error("MAX_CONCURRENT_EXPORTS is 0: a worker would run no export")
         with database(settings) as conninfo:
             apply_schema(conninfo, "schema")
-            limit_malloc_arenas()
+            tune_malloc()
             trio.run(run_worker, settings, conninfo, args.bind)
         return 0
 
@@ -146,7 +146,7 @@ def _serve_or_seed(parser: argparse.ArgumentParser, args: argparse.Namespace) ->
         if seed_rows:
             seed_with_progress(conninfo, seed_rows)
         apply_schema(conninfo, "indexes")
-        limit_malloc_arenas()
+        tune_malloc()
         if settings.workers and not settings.database_url:
             # The workers inherit this environment: they must use this embedded server,
             # not start their own.
