@@ -103,8 +103,8 @@ def neutralize_formulas(rows: Sequence[Row]) -> list[Row]:
 def encode_rows(rows: Sequence[Row], dialect: Dialect) -> bytes:
     """The CSV lines of ``rows``, each ending in ``\\n``.
 
-    The batch is joined once into one buffer, values ended by NUL (which PostgreSQL text
-    can never hold) and rows by ``\\x01`` (counted, to prove no value holds one). One
+    The batch is joined once into one buffer, values separated by NUL (which PostgreSQL
+    text can never hold) and rows by ``\\x01`` (counted, to prove no value holds one). One
     ``translate`` of it marks every byte that needs quotes; ``find`` then goes from one
     such value to the next, so only those are touched in Python, and two ``replace``
     calls make the separators CSV's. NULLs, empty strings and a dialect using ``\\x01``
