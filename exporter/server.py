@@ -42,7 +42,7 @@ def tune_malloc(arenas: int = MALLOC_ARENAS, mmap_from: int = MALLOC_MMAP_FROM) 
     - ``M_ARENA_MAX``: all threads share ``arenas`` arenas. By default each thread that
       allocates gets one of its own (up to 8 per core), and each keeps its freed memory.
     - ``M_MMAP_THRESHOLD`` and ``M_TRIM_THRESHOLD`` at ``mmap_from``: the encoded batches
-      (~430 KB) and the object store's parts get pages of their own, unmapped when freed,
+      (~0.9 MB each) and the object store's parts get pages of their own, unmapped when freed,
       and free memory at the heap's top is given back. Setting them also turns off glibc's
       sliding threshold, which after the first big free serves such blocks from the heap,
       where they leave holes that keep RSS up.

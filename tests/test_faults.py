@@ -45,7 +45,7 @@ from tests.support import (
     wait_until_blocked_sync,
 )
 
-# Where the gated database stops an export: reading 5,000 rows a batch, after 10,000 rows.
+# Where the gated database stops an export: after its first 10,000 rows.
 GATE = 10_001
 # Small batches, so that the rows are read in ranges of 5,000 ids (50 batches): the gate
 # at row 10,001 is then just past the end of a range, where a checkpoint is taken.
