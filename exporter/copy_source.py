@@ -35,7 +35,6 @@ import asyncio
 import concurrent.futures
 import contextlib
 import dataclasses
-import os
 import re
 import threading
 from typing import Any
@@ -43,6 +42,8 @@ from typing import Any
 import asyncpg
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
+
+from exporter.pipeline import lower_thread_priority
 
 # Blocks waiting between the COPY and the reader: the rest waits in PostgreSQL.
 QUEUE_BLOCKS = 2
@@ -183,7 +184,7 @@ class CopyReader:
     # -- on the loop ---------------------------------------------------------------------
 
     async def _open(self) -> None:
-        _lower_priority()
+        lower_thread_priority()  # like the export's other threads
         self._queue = asyncio.Queue(QUEUE_BLOCKS)
         self._conn = conn = await asyncpg.connect(**self._connect_arguments)
         if conn.get_server_version() >= (14,):
@@ -237,10 +238,3 @@ class CopyReader:
             await asyncio.wait_for(conn.close(), CLOSE_TIMEOUT)
         except BaseException:
             conn.terminate()
-
-
-def _lower_priority() -> None:
-    from exporter.pipeline import EXPORT_THREAD_NICE
-
-    with contextlib.suppress(OSError, AttributeError):
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), EXPORT_THREAD_NICE)

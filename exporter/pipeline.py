@@ -235,12 +235,18 @@ def _background(fn: Callable[..., T]) -> Callable[..., T]:
 
     def run(*args: Any) -> T:
         if not getattr(_niced, "done", False):
-            with contextlib.suppress(OSError, AttributeError):
-                os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), EXPORT_THREAD_NICE)
+            lower_thread_priority()
             _niced.done = True
         return fn(*args)
 
     return run
+
+
+def lower_thread_priority() -> None:
+    """Run the calling thread at nice +EXPORT_THREAD_NICE from now on (Linux sets it per
+    thread; elsewhere nothing happens)."""
+    with contextlib.suppress(OSError, AttributeError):
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), EXPORT_THREAD_NICE)
 
 
 async def run_cancellable(fn: Callable[..., T], *args: Any, cancel: Callable[[], None]) -> T:
