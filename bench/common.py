@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import dataclasses
 import datetime as dt
+import json
 import os
 import platform
 import subprocess
@@ -31,6 +33,32 @@ EXPORTS = DATA / "exports"
 
 def machine() -> str:
     return f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
+
+
+def save_results(name: str, report: dict[str, Any]) -> Path:
+    """``report`` as bench/results/<name>.json."""
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / f"{name}.json"
+    path.write_text(json.dumps(report, indent=2) + "\n")
+    return path
+
+
+def add_env_option(parser: argparse.ArgumentParser) -> None:
+    """``--env NAME=VALUE`` (repeatable): the service's environment for this run."""
+    parser.add_argument("--env", action="append", default=[], help="NAME=VALUE for the service")
+
+
+def service_env(items: list[str], script: str) -> tuple[dict[str, str], str]:
+    """``--env``'s settings, and the name of the run's results, which carries their values
+    (``memory-20000-0`` for ``--env BATCH_ROWS=20000 --env CHANNEL_BATCHES=0``)."""
+    env = dict(item.split("=", 1) for item in items)
+    return env, "-".join([script, *(value.lower() for value in env.values())])
+
+
+def bytes_per_second(text: str) -> int:
+    """A rate as curl's ``--limit-rate`` writes it (``16k``, ``5M``, ``2048``), in bytes/s."""
+    units = {"k": 1024, "m": 1024 * 1024}
+    return int(float(text[:-1]) * units[text[-1].lower()]) if text[-1].isalpha() else int(text)
 
 
 @contextlib.contextmanager

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import json
 import os
 import re
 import signal
@@ -28,8 +27,7 @@ import time
 import tracemalloc
 from pathlib import Path
 
-from bench.common import RESULTS, machine, seeded_database, service
-from bench.slow_clients import _rate
+from bench.common import bytes_per_second, machine, save_results, seeded_database, service
 
 SITECUSTOMIZE = """
 import os, signal, tracemalloc
@@ -100,7 +98,7 @@ def main() -> int:
             seconds = args.settle + 30  # the readers outlive the second snapshot
             readers = subprocess.Popen(
                 [sys.executable, "-m", "bench.slow_clients", "--readers-child", url,
-                 str(args.clients), str(_rate(args.rate)), str(seconds)],
+                 str(args.clients), str(bytes_per_second(args.rate)), str(seconds)],
                 stdout=subprocess.PIPE, text=True,
             )  # fmt: skip
             assert readers.stdout is not None
@@ -125,7 +123,7 @@ def main() -> int:
         "python_heap_kb_per_connection": total,
         "by_package_kb_per_connection": per_connection,
     }
-    (RESULTS / "connection_memory.json").write_text(json.dumps(report, indent=2) + "\n")
+    save_results("connection_memory", report)
     print(f"Python heap held per slow download ({args.clients} at {args.rate}/s): {total} KB")
     for name, kb in per_connection.items():
         if abs(kb) >= 0.1:

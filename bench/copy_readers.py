@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import fcntl
-import json
 import os
 import queue
 import select
@@ -36,7 +35,7 @@ from typing import Any
 import trio_asyncio  # noqa: F401  (before psycopg, which exporter.pipeline imports)
 from isal import isal_zlib
 
-from bench.common import DATA, RESULTS, machine, seeded_database
+from bench.common import DATA, machine, save_results, seeded_database
 from exporter.copy_source import CopyReader, connect_arguments
 from exporter.pipeline import open_text_connection
 
@@ -198,7 +197,7 @@ def main() -> int:
         for path in (baseline, out):
             os.unlink(path)
     report = {"machine": machine(), "rows": args.rows, "results": results}
-    (RESULTS / "copy_readers.json").write_text(json.dumps(report, indent=2) + "\n")
+    save_results("copy_readers", report)
     print(f"{machine()}; {args.rows:,} rows; reader + writer + isal compressor in threads")
     print(f"{'reader':<26} {'round':>5} {'seconds':>8} {'x psql':>7} {'CPU s':>7} {'same':>5}")
     for r in results:

@@ -12,14 +12,13 @@ the service's CPU seconds per GB sent. Writes bench/results/downloads.json.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import subprocess
 import sys
 from typing import Any
 
-from bench.common import EXPORTS, RESULTS, Service, machine, seeded_database, service
+from bench.common import EXPORTS, Service, machine, save_results, seeded_database, service
 
 
 def download(app: Service, export_id: str, encoding: str) -> dict[str, float]:
@@ -80,7 +79,7 @@ def main() -> int:
         "csv_bytes": csv.stat().st_size if csv.exists() else results["sendfile identity"]["bytes"],
         "results": results,
     }
-    (RESULTS / "downloads.json").write_text(json.dumps(report, indent=2) + "\n")
+    save_results("downloads", report)
     print(f"{'download':<20} {'MB':>8} {'s (median)':>11} {'MB/s best':>10} {'MB/s med':>9} "
           f"{'CPU s/GB':>9}")  # fmt: skip
     for name, r in results.items():

@@ -19,7 +19,6 @@ bench/results/health.json, prints a table.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import socket
@@ -28,7 +27,15 @@ import threading
 import time
 from typing import Any
 
-from bench.common import RESULTS, machine, seeded_database, service
+from bench.common import (
+    RESULTS,
+    add_env_option,
+    machine,
+    save_results,
+    seeded_database,
+    service,
+    service_env,
+)
 from bench.memory import curl, every
 from bench.plotting import line_chart
 
@@ -126,10 +133,9 @@ def main() -> int:
     parser.add_argument("--hz", type=float, default=20, help="/health requests a second")
     parser.add_argument("--downloads", type=int, default=2, help="curl clients at 5 MB/s")
     parser.add_argument("--exports", type=int, default=EXPORTS, help="full exports at once")
-    parser.add_argument("--env", action="append", default=[], help="NAME=VALUE for the service")
+    add_env_option(parser)
     args = parser.parse_args()
-    env = dict(item.split("=", 1) for item in args.env)
-    name = "-".join(["health", *(value.lower() for value in env.values())])
+    env, name = service_env(args.env, "health")
 
     with (
         seeded_database(args.database_url, args.rows) as conninfo,
@@ -194,7 +200,7 @@ def main() -> int:
         "during_exports": summary(during),
         "samples": [[round(t, 3), round(ms, 2)] for t, ms in sampler.samples],
     }
-    (RESULTS / f"{name}.json").write_text(json.dumps(report, indent=2) + "\n")
+    save_results(name, report)
     line_chart(
         RESULTS / f"{name}.png",
         [t for t, _ in sampler.samples],

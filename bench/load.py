@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import itertools
-import json
 import os
 import random
 import sys
@@ -37,7 +36,7 @@ import httpx
 import psycopg
 import trio
 
-from bench.common import EXPORTS, RESULTS, machine, seeded_database, service
+from bench.common import EXPORTS, machine, save_results, seeded_database, service
 from bench.health import HealthSampler, complete_response, summary
 from bench.memory import tree_rss
 from exporter.query import copy_statement
@@ -269,7 +268,7 @@ def main() -> int:
             status_rate=args.status_rate,
         )
     report["rows_in_table"] = args.rows
-    (RESULTS / "load.json").write_text(json.dumps(report, indent=2) + "\n")
+    save_results("load", report)
     health = report["health"]
     print(
         f"{report['seconds']:g} s of load ({report['elapsed_seconds']:g} s with the last exports): "

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
 import subprocess
 import sys
@@ -32,7 +31,15 @@ from typing import Any
 
 import psutil
 
-from bench.common import RESULTS, machine, seeded_database, service
+from bench.common import (
+    RESULTS,
+    add_env_option,
+    machine,
+    save_results,
+    seeded_database,
+    service,
+    service_env,
+)
 from bench.plotting import line_chart
 
 SAMPLE_SECONDS = 0.1
@@ -84,10 +91,9 @@ def main() -> int:
     parser.add_argument("--database-url", default=os.environ.get("BENCH_DATABASE_URL"))
     parser.add_argument("--clients", type=int, default=4)
     parser.add_argument("--rate", default="50k", help="each client's curl --limit-rate")
-    parser.add_argument("--env", action="append", default=[], help="NAME=VALUE for the service")
+    add_env_option(parser)
     args = parser.parse_args()
-    env = dict(item.split("=", 1) for item in args.env)
-    name = "-".join(["memory", *(value.lower() for value in env.values())])
+    env, name = service_env(args.env, "memory")
 
     samples: list[dict[str, Any]] = []
     with (
@@ -160,7 +166,7 @@ def main() -> int:
         "samples_during_export": len(during),
         "samples": samples,
     }
-    (RESULTS / f"{name}.json").write_text(json.dumps(report, indent=2) + "\n")
+    save_results(name, report)
     line_chart(
         RESULTS / f"{name}.png",
         [s["t"] for s in samples],

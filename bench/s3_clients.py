@@ -600,9 +600,8 @@ def main() -> int:
     # Imported here, not at the top: the child is this module too (see the docstring).
     import psutil
 
-    from bench.common import RESULTS, machine
+    from bench.common import machine, save_results
 
-    RESULTS.mkdir(parents=True, exist_ok=True)
     process, endpoint = start_moto()
     moto = psutil.Process(process.pid)
     rounds: list[list[dict[str, Any]]] = []
@@ -641,7 +640,7 @@ def main() -> int:
         "rounds": rounds,
         "features": found,
     }
-    (RESULTS / "s3_clients.json").write_text(json.dumps(report, indent=2) + "\n")
+    save_results("s3_clients", report)
 
     print(f"{machine()}; {args.size_mb} MiB per client, 8 MiB parts, moto server on loopback")
     print(

@@ -38,7 +38,15 @@ import urllib.parse
 from pathlib import Path
 from typing import Any
 
-from bench.common import DATA, EXPORTS, RESULTS, machine, seeded_database, service
+from bench.common import (
+    DATA,
+    EXPORTS,
+    bytes_per_second,
+    machine,
+    save_results,
+    seeded_database,
+    service,
+)
 from bench.health import HealthSampler, summary
 from bench.memory import every, tree_rss, tree_total
 
@@ -97,11 +105,6 @@ def _readers_child(url: str, count: int, rate: int, seconds: float) -> None:
     print(json.dumps({"bytes": got[0], "errors": errors[0]}), flush=True)
 
 
-def _rate(text: str) -> int:
-    units = {"k": 1024, "m": 1024 * 1024}
-    return int(float(text[:-1]) * units[text[-1].lower()]) if text[-1].isalpha() else int(text)
-
-
 def many(args: argparse.Namespace, params: dict[str, str]) -> int:
     counts = [int(n) for n in args.many.split(",")]
     results: list[dict[str, Any]] = []
@@ -117,7 +120,7 @@ def many(args: argparse.Namespace, params: dict[str, str]) -> int:
             sampler.start()
             child = subprocess.Popen(
                 [sys.executable, "-m", "bench.slow_clients", "--readers-child", url,
-                 str(count), str(_rate(args.rate)), str(args.seconds)],
+                 str(count), str(bytes_per_second(args.rate)), str(args.seconds)],
                 stdout=subprocess.PIPE, text=True,
             )  # fmt: skip
             assert child.stdout is not None
@@ -151,7 +154,7 @@ def many(args: argparse.Namespace, params: dict[str, str]) -> int:
             )
         app.client.delete(f"/exports/{export_id}")
     report = {"machine": machine(), "rows": args.rows, "params": params, "results": results}
-    (RESULTS / "slow_clients_many.json").write_text(json.dumps(report, indent=2) + "\n")
+    save_results("slow_clients_many", report)
     print(f"slow readers at {args.rate}/s for {args.seconds:g} s each, one export ({params})")
     print(
         f"{'clients':>8} {'idle MB':>8} {'steady MB':>10} {'KB/conn':>8} {'p50 ms':>7} "
@@ -252,7 +255,7 @@ def main() -> int:
         "client_results": clients,
         "samples": samples,
     }
-    (RESULTS / "slow_clients.json").write_text(json.dumps(report, indent=2) + "\n")
+    save_results("slow_clients", report)
 
     print(
         f"{args.clients} clients at {args.rate} downloading a {size / MB:.1f} MB export "

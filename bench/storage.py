@@ -42,7 +42,6 @@ import argparse
 import contextlib
 import datetime as dt
 import hashlib
-import json
 import os
 import statistics
 import subprocess
@@ -56,7 +55,15 @@ from typing import Any
 
 import psutil
 
-from bench.common import DATA, EXPORTS, RESULTS, Service, machine, seeded_database, service
+from bench.common import (
+    DATA,
+    EXPORTS,
+    Service,
+    machine,
+    save_results,
+    seeded_database,
+    service,
+)
 from bench.memory import every, tree_rss
 from bench.throughput import psql_copy
 from bench.workers import cpu_seconds
@@ -359,7 +366,7 @@ def main() -> int:
         "s3": s3,
         "run_seconds": round(run_seconds, 1),
     }
-    (RESULTS / "storage.json").write_text(json.dumps(report, indent=2) + "\n")
+    save_results("storage", report)
 
     print(
         f"{machine()}; {args.rows:,} rows, {baseline_bytes / MB:.1f} MB of CSV; "

@@ -15,7 +15,6 @@ writes bench/results/throughput.json.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import sys
@@ -26,7 +25,7 @@ from typing import Any
 import trio_asyncio  # noqa: F401  (before psycopg: see exporter.store)
 import psycopg
 
-from bench.common import DATA, EXPORTS, RESULTS, machine, seeded_database, service
+from bench.common import DATA, EXPORTS, machine, save_results, seeded_database, service
 from exporter.query import export_select
 from exporter.request import ExportRequest, parse_export_request
 
@@ -112,7 +111,7 @@ def main() -> int:
             baseline.unlink()
 
     report = {"machine": machine(), "rows_in_table": args.rows, "results": results}
-    (RESULTS / "throughput.json").write_text(json.dumps(report, indent=2) + "\n")
+    save_results("throughput", report)
     print(f"psql \\copy users (the plain table dump, the floor): {floor_seconds:.2f} s")
     print(
         f"{'scenario':<28} {'rows':>11} {'MB':>8} {'psql s':>8} {'export s':>9} "

@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime as dt
-import json
 import os
 import statistics
 import sys
@@ -42,7 +41,15 @@ from typing import Any
 
 import psutil
 
-from bench.common import DATA, EXPORTS, RESULTS, Service, machine, seeded_database, service
+from bench.common import (
+    DATA,
+    EXPORTS,
+    Service,
+    machine,
+    save_results,
+    seeded_database,
+    service,
+)
 from bench.health import HealthSampler, summary
 from bench.memory import curl, every
 from bench.throughput import files_equal, psql_copy
@@ -388,7 +395,7 @@ def main() -> int:
         "throughput": throughput,
         "speedup_2_workers_over_1": round(one["wall_seconds"] / two["wall_seconds"], 2),
     }
-    (RESULTS / "workers.json").write_text(json.dumps(report, indent=2) + "\n")
+    save_results("workers", report)
 
     print(f"{machine()}; {args.rows:,} rows")
     print(
