@@ -16,12 +16,12 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import trio_asyncio  # noqa: F401  (before psycopg: see exporter.store)
+import trio_asyncio  # noqa: F401  (before psycopg: see exporter.jobs.postgres_queue)
 import httpx
 import psycopg
 
-from exporter.embedded import embedded_database
-from exporter.schema import apply_schema, count_users, seed_users
+from exporter.process.embedded import embedded_database
+from exporter.process.schema import apply_schema, count_users, seed_users
 from tests import support
 
 HERE = Path(__file__).resolve().parent

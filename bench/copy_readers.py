@@ -10,7 +10,7 @@ as the pipeline's reader, writer and compressor do:
 - libpq: psycopg's `PQgetCopyData` called non-blocking, one row per call, waiting with
   `poll` (the service's reader before asyncpg);
 - asyncpg: `copy_from_query` on an asyncio loop in the reader's thread, the service's
-  reader (`exporter.copy_source`);
+  reader (`exporter.export.copy_reader`);
 - psql pipe: `psql \\copy … TO STDOUT` in a process of its own, its output read from a
   pipe in large reads.
 
@@ -32,12 +32,12 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import trio_asyncio  # noqa: F401  (before psycopg, which exporter.pipeline imports)
+import trio_asyncio  # noqa: F401  (before psycopg, which exporter.export.pipeline imports)
 from isal import isal_zlib
 
 from bench.common import DATA, machine, save_results, seeded_database
-from exporter.copy_source import CopyReader, connect_arguments
-from exporter.pipeline import open_text_connection
+from exporter.export.connection import open_text_connection
+from exporter.export.copy_reader import CopyReader, connect_arguments
 
 SELECT = (
     "SELECT id, name, email, signup_date, country_code, subscription_tier, lifetime_value"

@@ -39,8 +39,8 @@ import trio
 from bench.common import EXPORTS, machine, save_results, seeded_database, service
 from bench.health import HealthSampler, complete_response, summary
 from bench.memory import tree_rss
-from exporter.query import copy_statement
-from exporter.request import parse_export_request
+from exporter.core.request import parse_export_request
+from exporter.export.query import copy_statement
 
 # The kinds of export kept running: filtered, so that a minute sees several complete.
 EXPORT_KINDS: list[dict[str, str]] = [

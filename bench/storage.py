@@ -67,7 +67,7 @@ from bench.common import (
 from bench.memory import every, tree_rss
 from bench.throughput import psql_copy
 from bench.workers import cpu_seconds
-from exporter.request import parse_export_request
+from exporter.core.request import parse_export_request
 from tests.support import S3Bucket, S3Server
 
 SAMPLE_SECONDS = 0.1

@@ -22,12 +22,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-import trio_asyncio  # noqa: F401  (before psycopg: see exporter.store)
+import trio_asyncio  # noqa: F401  (before psycopg: see exporter.jobs.postgres_queue)
 import psycopg
 
 from bench.common import DATA, EXPORTS, machine, save_results, seeded_database, service
-from exporter.query import export_select
-from exporter.request import ExportRequest, parse_export_request
+from exporter.core.model import ExportRequest
+from exporter.core.request import parse_export_request
+from exporter.export.query import export_select
 
 # (name, export parameters, the service's environment)
 SCENARIOS: list[tuple[str, dict[str, str], dict[str, str]]] = [

@@ -53,7 +53,7 @@ from bench.common import (
 from bench.health import HealthSampler, summary
 from bench.memory import curl, every
 from bench.throughput import files_equal, psql_copy
-from exporter.request import parse_export_request
+from exporter.core.request import parse_export_request
 
 EARLIER = {"country_code": "US"}
 DOWNLOAD_RATE = "5M"

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 from exporter.client import options as client_options
 
 if TYPE_CHECKING:
-    from exporter.config import Settings
+    from exporter.core.config import Settings
 
 # The server stack (trio, Hypercorn, Quart, psycopg) is imported only by serve and seed,
 # in the functions below: the client's commands start without it
@@ -32,7 +32,7 @@ def database(settings: Settings) -> Iterator[str]:
         yield settings.database_url
         return
     try:
-        from exporter.embedded import embedded_database
+        from exporter.process.embedded import embedded_database
     except ImportError:
         raise SystemExit(
             "exporter: DATABASE_URL is not set and the embedded PostgreSQL is not installed;"
@@ -43,7 +43,7 @@ def database(settings: Settings) -> Iterator[str]:
 
 
 def seed_with_progress(conninfo: str, rows: int) -> None:
-    from exporter.schema import apply_schema, count_users, seed_users
+    from exporter.process.schema import apply_schema, count_users, seed_users
 
     have = count_users(conninfo)
     if have >= rows:
@@ -106,14 +106,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _serve_or_seed(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
-    # trio_asyncio before anything imports psycopg (exporter.schema does): see exporter.store.
+    # trio_asyncio before anything imports psycopg (exporter.process.schema does): see
+    # exporter.jobs.queue.
     import trio_asyncio  # noqa: F401
     import trio
 
-    from exporter.config import Settings, SettingsError
-    from exporter.logs import configure_logging
-    from exporter.schema import apply_schema
-    from exporter.server import run_server, tune_malloc
+    from exporter.core.config import Settings
+    from exporter.core.errors import SettingsError
+    from exporter.core.logs import configure_logging
+    from exporter.process.hosting import tune_malloc
+    from exporter.process.schema import apply_schema
 
     try:
         settings = Settings.from_env()
@@ -125,7 +127,7 @@ def _serve_or_seed(parser: argparse.ArgumentParser, args: argparse.Namespace) ->
     if args.command == "serve" and args.workers is not None:
         settings = settings.replace(workers=args.workers)
     if args.command == "worker":
-        from exporter.worker import run_worker
+        from exporter.process.worker import run_worker
 
         if settings.max_concurrent_exports == 0:
             parser.error("MAX_CONCURRENT_EXPORTS is 0: a worker would run no export")
@@ -151,6 +153,8 @@ def _serve_or_seed(parser: argparse.ArgumentParser, args: argparse.Namespace) ->
             # The workers inherit this environment: they must use this embedded server,
             # not start their own.
             os.environ["DATABASE_URL"] = conninfo
+        from exporter.process.server import run_server
+
         trio.run(run_server, settings, conninfo)
     return 0
 

@@ -20,18 +20,18 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import trio_asyncio  # noqa: F401  (before psycopg: see exporter/store.py)
+import trio_asyncio  # noqa: F401  (before psycopg: see exporter/jobs/postgres_queue.py)
 import httpx
 import psycopg
 import pytest
 import trio
 from psycopg import sql
 
-from exporter.config import Settings
-from exporter.embedded import embedded_database
-from exporter.request import ExportRequest
-from exporter.schema import apply_schema, seed_users
-from exporter.server import run_server
+from exporter.core.config import Settings
+from exporter.core.model import ExportRequest
+from exporter.process.embedded import embedded_database
+from exporter.process.schema import apply_schema, seed_users
+from exporter.process.server import run_server
 from tests.support import (
     BIG_GATED_DB,
     BIG_GATED_ROWS,

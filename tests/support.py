@@ -24,16 +24,16 @@ from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import trio_asyncio  # noqa: F401  (before psycopg: see exporter/store.py)
+import trio_asyncio  # noqa: F401  (before psycopg: see exporter/jobs/postgres_queue.py)
 import httpx
 import psycopg
 import pytest
 import trio
 from psycopg.conninfo import make_conninfo
 
-from exporter.config import ROW_SOURCES, Settings
-from exporter.query import copy_statement
-from exporter.request import ExportRequest
+from exporter.core.config import ROW_SOURCES, Settings
+from exporter.core.model import ExportRequest
+from exporter.export.query import copy_statement
 
 ROOT = Path(__file__).resolve().parent.parent
 SEED_ROWS = int(os.environ.get("TEST_SEED_ROWS", "150000"))

@@ -17,12 +17,14 @@ import psycopg
 import pytest
 import trio
 
-from exporter.config import ROW_SOURCES, Settings
-from exporter.copy_source import CopyReader, connect_arguments
-from exporter.pipeline import Progress, export_csv, open_text_connection, run_cancellable
-from exporter.request import ExportRequest
-from exporter.server import run_server
-from exporter.storage import FolderStorage, PartFile
+from exporter.core.config import ROW_SOURCES, Settings
+from exporter.core.model import ExportRequest, Progress
+from exporter.export.connection import open_text_connection
+from exporter.export.copy_reader import CopyReader, connect_arguments
+from exporter.export.pipeline import PipelineOptions, export_csv
+from exporter.export.threads import run_cancellable
+from exporter.process.server import run_server
+from exporter.storage.folder import FolderStorage, PartFile
 from tests.support import (
     ROW_SOURCE_PARAMS,
     StartServer,
@@ -106,9 +108,9 @@ async def test_cancel_while_writer_is_blocked(
                     SlowDisk(tmp_path, delay=0.2),
                     uuid.uuid4(),
                     progress=progress,
-                    batch_rows=200,
-                    channel_batches=2,
-                    row_source=row_source,
+                    options=PipelineOptions(
+                        batch_rows=200, channel_batches=2, row_source=row_source
+                    ),
                     application_name=name,
                 )
             )
@@ -237,9 +239,9 @@ async def test_backpressure_stops_reading_when_the_writer_is_slow(
                 disk,
                 export_id,
                 progress=progress,
-                batch_rows=50,
-                channel_batches=capacity,
-                row_source=row_source,
+                options=PipelineOptions(
+                    batch_rows=50, channel_batches=capacity, row_source=row_source
+                ),
             )
             done.set()
 

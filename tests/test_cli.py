@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 import trio
 
-from exporter import zerocopy
-from exporter.request import ExportRequest
+from exporter.core.model import ExportRequest
+from exporter.http import zerocopy
 from tests.support import Oracle, Server, StartServer, UsersLock, wait_until_blocked
 
 # Each test runs the client as its own process (a second or so of Python start-up each).

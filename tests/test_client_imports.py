@@ -3,7 +3,7 @@ cancel) must not pay for importing trio, Quart, Hypercorn or psycopg, so a serve
 imported at the top of exporter/cli.py or exporter/client/ fails here. The other way
 round, the server does not load the client's HTTP stack (httpx brings rich and pygments),
 its progress bars, nor what only some settings use (boto3, asyncpg). And the client's
-export options are the service's parameters (``exporter.request.PARAMETERS``)."""
+export options are the service's parameters (``exporter.core.request.PARAMETERS``)."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from exporter.client import options
-from exporter.request import PARAMETERS, Parameter, parse_export_request
+from exporter.core.request import PARAMETERS, Parameter, parse_export_request
 
 # The server stack. (trio may appear: httpx's transport, httpcore, imports it on its own
 # whenever it is installed, as it is beside the server.)
@@ -59,9 +59,9 @@ SERVE_IMPORTS = """
 import json, sys
 from exporter.cli import build_parser
 build_parser().parse_args(["serve"])
-from exporter.server import run_server
-from exporter.app import create_app
-from exporter.config import Settings
+from exporter.process.server import run_server
+from exporter.http.app import create_app
+from exporter.core.config import Settings
 create_app(Settings.from_env(), "postgresql://unused")
 print(json.dumps(sorted(sys.modules)))
 """

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from exporter.config import Settings, SettingsError
+from exporter.core.config import Settings
+from exporter.core.errors import SettingsError
 from tests.support import ROOT
 
 

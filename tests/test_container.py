@@ -33,7 +33,7 @@ import psycopg
 import pytest
 import yaml
 
-from exporter.schema import init_sql_path
+from exporter.process.schema import init_sql_path
 from tests.support import ROOT, SEED_ROWS, free_port
 
 pytestmark = pytest.mark.e2e

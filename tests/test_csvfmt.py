@@ -13,8 +13,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from psycopg import sql
 
-from exporter.csvfmt import Dialect, encode_header, encode_rows
-from exporter.pipeline import open_text_connection
+from exporter.export.connection import open_text_connection
+from exporter.export.csvfmt import Dialect, encode_header, encode_rows
 
 COMMA = Dialect()
 

@@ -19,8 +19,8 @@ from pathlib import Path
 import pytest
 import trio
 
-from exporter import zerocopy
-from exporter.request import ExportRequest
+from exporter.core.model import ExportRequest
+from exporter.http import zerocopy
 from tests.support import (
     Oracle,
     S3Bucket,

@@ -7,7 +7,8 @@ import uuid
 
 import pytest
 
-from exporter.request import ExportRequest, parse_export_request
+from exporter.core.model import ExportRequest
+from exporter.core.request import parse_export_request
 from tests.support import ROW_SOURCE_PARAMS, SEED_ROWS, Oracle, Server, StartServer
 
 # One filtered export (a few MB) runs in the fast suite; the others, whole-table ones among

@@ -26,7 +26,8 @@ import psycopg
 import pytest
 import trio
 
-from exporter.request import ExportRequest, parse_export_request
+from exporter.core.model import ExportRequest
+from exporter.core.request import parse_export_request
 from tests.dbproxy import DatabaseProxy
 from tests.support import (
     GatedDatabase,

@@ -30,7 +30,7 @@ import psutil
 import pytest
 import trio
 
-from exporter.request import parse_export_request
+from exporter.core.request import parse_export_request
 from tests.support import copy_oracle, service
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]

@@ -21,8 +21,9 @@ import trio
 from hypothesis import given
 from hypothesis import strategies as st
 
-from exporter.object_storage import _Buffer
-from exporter.request import ExportRequest, parse_export_request
+from exporter.core.model import ExportRequest
+from exporter.core.request import parse_export_request
+from exporter.storage.s3 import _Buffer
 from tests.support import (
     ROW_SOURCE_PARAMS,
     S3_CREDENTIALS,
@@ -337,8 +338,8 @@ def test_a_part_body_reads_like_a_file_from_anywhere(
 
 LOADS_BOTO3 = """
 import sys
-from exporter.app import create_app
-from exporter.config import Settings
+from exporter.http.app import create_app
+from exporter.core.config import Settings
 create_app(Settings.from_env(), "postgresql://unused")
 print("botocore" in sys.modules)
 """

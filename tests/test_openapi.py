@@ -9,8 +9,8 @@ from typing import Any
 import jsonschema
 from openapi_spec_validator import validate
 
-from exporter.app import create_app
-from exporter.config import Settings
+from exporter.core.config import Settings
+from exporter.http.app import create_app
 from tests.support import Server
 
 
@@ -21,13 +21,13 @@ def schema_of(document: dict[str, Any], name: str) -> jsonschema.Draft202012Vali
 
 
 def test_document_is_valid_openapi_3_1() -> None:
-    from exporter.openapi import openapi_document
+    from exporter.http.openapi import openapi_document
 
     validate(openapi_document())
 
 
 def test_paths_and_methods_match_the_routes() -> None:
-    from exporter.openapi import openapi_document
+    from exporter.http.openapi import openapi_document
 
     app = create_app(Settings(), "postgresql://unused")
     routes: set[tuple[str, str]] = set()

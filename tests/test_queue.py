@@ -11,8 +11,8 @@ from pathlib import Path
 
 import psycopg
 
-from exporter.jobs import ORPHAN_GRACE_SECONDS
-from exporter.request import ExportRequest
+from exporter.core.model import ExportRequest
+from exporter.jobs.files import ORPHAN_GRACE_SECONDS
 from tests.support import Oracle, StartServer, UsersLock, wait_until_blocked
 
 

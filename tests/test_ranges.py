@@ -1,4 +1,4 @@
-"""Conditional and range requests (RFC 9110 §13, §14): the pure decisions of exporter.ranges.
+"""Conditional and range requests (RFC 9110 §13, §14): the pure decisions of exporter.http.ranges.
 
 Plain sync tests, no database: every rule of the module's contract is pinned by a case,
 and hypothesis checks the invariants of 206/416 plans and that no header value crashes.
@@ -10,7 +10,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from exporter.ranges import FileVersion, Plan, http_date, make_etag, plan_response
+from exporter.core.files import make_etag
+from exporter.http.ranges import FileVersion, Plan, http_date, plan_response
 
 MTIME = 784111777.25  # Sun, 06 Nov 1994 08:49:37.25 GMT
 LAST_MODIFIED = "Sun, 06 Nov 1994 08:49:37 GMT"

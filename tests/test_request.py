@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from exporter.request import USER_COLUMNS, ExportRequest, RequestInvalid, parse_export_request
+from exporter.core.errors import RequestInvalid
+from exporter.core.model import USER_COLUMNS, ExportRequest
+from exporter.core.request import parse_export_request
 
 
 def rejected(**params: object) -> dict[str, str]:

@@ -14,7 +14,7 @@ import psycopg
 import pytest
 import trio
 
-from exporter.request import ExportRequest
+from exporter.core.model import ExportRequest
 from tests.support import ROW_SOURCE_PARAMS, Oracle, Server, StartServer, curl
 
 

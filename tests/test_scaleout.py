@@ -25,15 +25,16 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import IO, Any
 
-import trio_asyncio  # noqa: F401  (before psycopg: see exporter/store.py)
+import trio_asyncio  # noqa: F401  (before psycopg: see exporter/jobs/postgres_queue.py)
 import httpx
 import psycopg
 import pytest
 import trio
 from psycopg.rows import dict_row
 
-from exporter.pipeline import RANGE_BATCHES
-from exporter.request import ExportRequest, parse_export_request
+from exporter.core.model import ExportRequest
+from exporter.core.request import parse_export_request
+from exporter.export.rows import RANGE_BATCHES
 from tests.dbproxy import DatabaseProxy
 from tests.support import (
     GATE_CLASS,

@@ -7,7 +7,7 @@ import subprocess
 import psycopg
 import pytest
 
-from exporter.schema import init_sql_path, init_sql_sections
+from exporter.process.schema import init_sql_path, init_sql_sections
 
 
 def test_sections_are_marked() -> None:

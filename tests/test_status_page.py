@@ -15,7 +15,7 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support.ui import WebDriverWait
 
-from exporter.request import ExportRequest
+from exporter.core.model import ExportRequest
 from tests.support import GatedDatabase, Gates, service
 
 pytestmark = [pytest.mark.browser, pytest.mark.e2e, pytest.mark.slow]

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from exporter.client.http import (
+from exporter.client.exports import (
     EXIT_FAILED,
     EXIT_INTERRUPTED,
     ClientError,
@@ -23,7 +23,7 @@ from exporter.client.http import (
     resumable_export,
 )
 from exporter.client.options import export_params
-from exporter.states import LIVE_STATUSES, ExportStatus
+from exporter.core.model import LIVE_STATUSES, ExportStatus
 
 
 def run(args: argparse.Namespace) -> int:

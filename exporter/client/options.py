@@ -5,7 +5,7 @@ Only the standard library and the pure parameter table: every ``exporter`` comma
 this parser, the server's included, and the client's HTTP stack (httpx, which brings its
 own CLI's click, rich and pygments when they are installed) is loaded only when a client
 command runs (``exporter.client.commands``). The export options are made from
-``exporter.request.PARAMETERS``, the table the service validates with.
+``exporter.core.request.PARAMETERS``, the table the service validates with.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from exporter.request import PARAMETERS
+from exporter.core.request import PARAMETERS
 
 DEFAULT_URL = "http://127.0.0.1:8080"
 COMMANDS = ("export", "status", "cancel")

@@ -1,0 +1,42 @@
+"""Serving: the app on Hypercorn's trio worker, in-process, inside a trio-asyncio loop.
+
+The asyncio loop (for the job queue's psycopg ``AsyncConnection``) is opened around the
+whole server, so every task Hypercorn starts (requests, the lifespan and with it the job
+manager) can reach it. With ``--workers N`` the worker processes are supervised beside it.
+"""
+
+from __future__ import annotations
+
+import trio_asyncio
+import trio
+from hypercorn.trio import serve
+
+from exporter.core.config import Settings
+from exporter.http import zerocopy
+from exporter.http.app import create_app
+from exporter.process.hosting import hypercorn_config, wait_for_stop_signal
+from exporter.process.supervisor import supervise
+
+__all__ = ["run_server"]
+
+
+async def run_server(
+    settings: Settings,
+    conninfo: str,
+    *,
+    handle_signals: bool = True,
+    task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve until a stop signal (or until cancelled); ``task_status`` gets the bound URLs."""
+    zerocopy.install()
+    app = create_app(settings, conninfo)
+    async with trio_asyncio.open_loop(), trio.open_nursery() as nursery:
+        for index in range(settings.workers):
+            nursery.start_soon(supervise, index, settings, name=f"worker {index}")
+        await serve(
+            app,
+            hypercorn_config(settings.bind, settings.send_timeout),
+            shutdown_trigger=wait_for_stop_signal if handle_signals else None,
+            task_status=task_status,
+        )
+        nursery.cancel_scope.cancel()  # the workers get SIGTERM and hand their exports back
