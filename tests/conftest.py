@@ -3,10 +3,10 @@
 The database is the embedded one (started once per session in a temporary folder and
 deleted afterwards) unless ``TEST_DATABASE_URL`` names another. Its users table is seeded
 with ``TEST_SEED_ROWS`` rows (default 150,000: a full export is tens of MB) by the same
-code ``exporter serve`` uses. Beside it, the gated database (tests/support.py) lets a test
+code ``exporter serve`` uses. Beside it, the gated database (tests/support/) lets a test
 stop exports half-way through for as long as it needs.
 
-Helpers that are not fixtures are in tests/support.py.
+Helpers that are not fixtures are in tests/support/.
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ mid-export, the disk full, clients that stall or send nothing.
 
 Every test checks what a user would: the job's final status and error, the files on disk,
 the service still answering, and other work unaffected. "Mid-export" is made, not hoped
-for: the export is stopped at a row of the gated database (tests/support.py), with rows
+for: the export is stopped at a row of the gated database (tests/support/), with rows
 already written, until the fault has happened.
 """
 
@@ -28,7 +28,6 @@ import trio
 
 from exporter.core.model import ExportRequest
 from exporter.core.request import parse_export_request
-from tests.dbproxy import DatabaseProxy
 from tests.support import (
     GatedDatabase,
     Gates,
@@ -45,6 +44,7 @@ from tests.support import (
     wait_until_blocked,
     wait_until_blocked_sync,
 )
+from tests.support.dbproxy import DatabaseProxy
 
 # Where the gated database stops an export: after its first 10,000 rows.
 GATE = 10_001

@@ -72,7 +72,7 @@ def test_text_lines_by_default(
     database: str, tmp_path: Path, users_lock: Callable[[], UsersLock]
 ) -> None:
     text, done, stopped = run_service_and_log(database, tmp_path, users_lock)
-    assert f"INFO exporter.jobs.manager: export {done} completed: rows " in text
+    assert f"INFO exporter.jobs: export {done} completed: rows " in text
     assert f"export {stopped} handed back" in text
     assert f'"GET /exports/{done}/download 1.1" 200' in text  # Hypercorn's access line
     assert not text.lstrip().startswith("{")

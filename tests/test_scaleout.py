@@ -4,7 +4,7 @@ PostgreSQL queue and one export folder.
 Each test runs the processes as in production and makes its fault for real: SIGKILL,
 SIGTERM, a DELETE sent to a process that does not run the job, a database connection cut
 by a proxy, a lease renewal that cannot get through. "Mid-export" is made, not hoped for:
-the export waits at a held row gate of the gated database (tests/support.py). Leases are
+the export waits at a held row gate of the gated database (tests/support/). Leases are
 short (``LEASE_SECONDS=2``) and checkpoints frequent, so takeovers happen within seconds.
 """
 
@@ -35,7 +35,6 @@ from psycopg.rows import dict_row
 from exporter.core.model import ExportRequest
 from exporter.core.request import parse_export_request
 from exporter.export.rows import RANGE_BATCHES
-from tests.dbproxy import DatabaseProxy
 from tests.support import (
     GATE_CLASS,
     GATE_EVERY,
@@ -50,6 +49,7 @@ from tests.support import (
     wait_until_blocked_sync,
     worker,
 )
+from tests.support.dbproxy import DatabaseProxy
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 
@@ -122,7 +122,7 @@ def owner_prefix(process: subprocess.Popen[bytes]) -> str:
 
 
 class ThreadedProxy:
-    """tests/dbproxy.DatabaseProxy, run by a trio loop in a thread of its own, for these
+    """tests.support.dbproxy.DatabaseProxy, run by a trio loop in a thread of its own, for these
     synchronous tests (whose waits would otherwise stop the proxy's loop)."""
 
     def __init__(self, conninfo: str) -> None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import logging
 import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 import trio
 
@@ -21,16 +23,39 @@ log = logging.getLogger(__name__)
 ORPHAN_GRACE_SECONDS = 600.0
 
 
-class JobFiles:
-    """The files of the jobs in ``queue``, in ``storage``."""
+T = TypeVar("T")
+# How a blocking call of the store is made from trio.
+Blocking = Callable[..., Awaitable[Any]]
 
-    def __init__(self, queue: JobQueue, storage: ExportStorage) -> None:
+
+class JobFiles:
+    """The files of the jobs in ``queue``, in ``storage``.
+
+    The store's calls block (disk or network I/O): they run in worker threads
+    (``blocking``, by default ``trio.to_thread.run_sync``). The job manager's unit tests
+    run them inline instead: on trio's ``MockClock`` time jumps ahead whenever every task
+    waits, a wait for a thread included.
+    """
+
+    def __init__(
+        self, queue: JobQueue, storage: ExportStorage, blocking: Blocking | None = None
+    ) -> None:
         self.queue = queue
         self.storage = storage
+        self._blocking = blocking or trio.to_thread.run_sync
+
+    async def call(self, fn: Callable[..., T], *args: Any) -> T:
+        """``fn(*args)``, a blocking call of the store."""
+        result: T = await self._blocking(fn, *args)
+        return result
+
+    async def prepare(self) -> None:
+        """Make the store ready to take files."""
+        await self.call(self.storage.prepare)
 
     async def remove(self, job_id: uuid.UUID) -> None:
         """Remove every file of the job, finished or partial; raises the store's error."""
-        await trio.to_thread.run_sync(self.storage.remove, job_id)
+        await self.call(self.storage.remove, job_id)
 
     async def remove_or_leave(self, job_id: uuid.UUID) -> None:
         """Remove the files of a job that ended without them (or will not continue).
@@ -49,14 +74,14 @@ class JobFiles:
         expired (and partial files of completed ones), once older than the grace period.
         Files of a waiting or running job are never touched, wherever it runs. Raises the
         queue's and the store's errors."""
-        files = await trio.to_thread.run_sync(self.storage.export_files)
+        files = await self.call(self.storage.export_files)
         if not files:
             return
         statuses = await self.queue.statuses(sorted({f.export_id for f in files}))
         for file in files:
             if _orphaned(file, statuses.get(file.export_id)):
                 log.info("removing orphan export file %s", file.name)
-                await trio.to_thread.run_sync(self.storage.remove_file, file)
+                await self.call(self.storage.remove_file, file)
 
 
 def _orphaned(file: ExportFile, status: ExportStatus | None) -> bool:

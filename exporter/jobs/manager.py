@@ -32,7 +32,7 @@ from exporter.core.model import ExportRequest, ExportStatus, JobRecord, JobView
 from exporter.export.pipeline import export_csv
 from exporter.jobs.claims import Claimer, Leases
 from exporter.jobs.counts import QueueCounts
-from exporter.jobs.files import JobFiles
+from exporter.jobs.files import Blocking, JobFiles
 from exporter.jobs.housekeeping import Janitor, Recovery, UnsavedEnds
 from exporter.jobs.queue import JobQueue, Notice
 from exporter.jobs.running import Export, JobRunner, RunningJobs, log_transition
@@ -56,7 +56,9 @@ class JobManager:
     """The jobs of one process: ``run`` holds them, ``submit`` and ``cancel`` change them.
 
     ``queue`` is the queue every process shares (``PostgresQueue``), ``storage`` the export
-    store; ``export`` runs one export (the pipeline; tests give another). With
+    store; ``export`` runs one export (the pipeline), ``owner`` names this process in the
+    queue, ``blocking`` runs the store's calls (``JobFiles``): the unit tests give their
+    own of these three. With
     ``max_concurrent_exports`` 0 this process runs no export, and only serves the API.
     """
 
@@ -69,6 +71,7 @@ class JobManager:
         *,
         export: Export = export_csv,
         owner: str | None = None,
+        blocking: Blocking | None = None,
     ) -> None:
         self.settings = settings
         self.queue = queue
@@ -78,7 +81,7 @@ class JobManager:
         # Set once the database has been reached and old files looked at: no job is
         # accepted before (the service answers /health and /ready says why meanwhile).
         self.recovered = trio.Event()
-        self.files = JobFiles(queue, storage)
+        self.files = JobFiles(queue, storage, blocking)
         self.running = RunningJobs()
         self.unsaved = UnsavedEnds(queue, self.files, self.owner)
         self.queue_counts = QueueCounts(queue)
@@ -120,7 +123,7 @@ class JobManager:
         answers. On cancellation every running job is handed back to the queue, and the
         queue's connection is closed last.
         """
-        await trio.to_thread.run_sync(self.storage.prepare)
+        await self.files.prepare()
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self.queue.listen, self._on_notice, self._on_reconnect)

@@ -39,6 +39,8 @@ from exporter.storage.base import ExportStorage
 __all__ = ["Export", "Job", "JobRunner", "RunningJobs", "lease_deadline", "log_transition"]
 
 log = logging.getLogger(__name__)
+# The line per state a job enters: under the jobs' own logger, whichever unit makes it.
+transitions = logging.getLogger("exporter.jobs")
 
 # How long a stopping job may spend recording its final state.
 FINAL_SAVE_TIMEOUT = 5.0
@@ -124,7 +126,7 @@ def log_transition(record: JobRecord, event: str | None = None, **facts: Any) ->
     LOG_FORMAT=json its facts are keys."""
     event = event or str(record.status)
     shown = ", ".join(f"{name} {value}" for name, value in facts.items() if value is not None)
-    log.info(
+    transitions.info(
         "export %s %s%s",
         record.id,
         event.replace("_", " "),

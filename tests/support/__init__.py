@@ -35,7 +35,7 @@ from exporter.core.config import ROW_SOURCES, Settings
 from exporter.core.model import ExportRequest
 from exporter.export.query import copy_statement
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 SEED_ROWS = int(os.environ.get("TEST_SEED_ROWS", "150000"))
 
 Oracle = Callable[[ExportRequest], bytes]
