@@ -16,6 +16,8 @@ from exporter.client import options as client_options
 if TYPE_CHECKING:
     from exporter.core.config import Settings
 
+__all__ = ["build_parser", "database", "main", "seed_with_progress"]
+
 # The server stack (trio, Hypercorn, Quart, psycopg) is imported only by serve and seed,
 # in the functions below: the client's commands start without it
 # (tests/test_client_imports.py).
@@ -43,6 +45,8 @@ def database(settings: Settings) -> Iterator[str]:
 
 
 def seed_with_progress(conninfo: str, rows: int) -> None:
+    """Fill ``users`` up to ``rows`` rows in the database ``conninfo`` names, with a progress
+    bar (nothing when it holds as many already); the indexes are built after."""
     from exporter.process.schema import apply_schema, count_users, seed_users
 
     have = count_users(conninfo)
@@ -65,6 +69,8 @@ def _rows(text: str) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``exporter`` command with ``argv`` (default: the process's); returns the exit
+    status. The client's commands load no server module."""
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command in client_options.COMMANDS:
@@ -75,6 +81,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The command line: ``serve``, ``worker``, ``seed`` and the client's commands."""
     parser = argparse.ArgumentParser(prog="exporter", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     serve = commands.add_parser(

@@ -25,8 +25,12 @@ from exporter.client.exports import (
 from exporter.client.options import export_params
 from exporter.core.model import LIVE_STATUSES, ExportStatus
 
+__all__ = ["run"]
+
 
 def run(args: argparse.Namespace) -> int:
+    """Run the client command ``args`` names (``export``, ``status`` or ``cancel``); returns
+    the exit status."""
     client = ExportClient(args.url, token=os.environ.get("API_TOKEN"))
     try:
         if args.command == "status":

@@ -25,6 +25,8 @@ import httpx
 
 from exporter.core.model import FINAL_STATUSES
 
+__all__ = ["ClientError", "ExportClient", "forget_export", "remember_export", "resumable_export"]
+
 CHUNK = 256 * 1024
 # Exit codes: export ended badly / the request was refused / the service unreachable.
 EXIT_FAILED, EXIT_REFUSED, EXIT_UNREACHABLE, EXIT_INTERRUPTED = 1, 2, 3, 130
@@ -49,6 +51,9 @@ def _reason(response: httpx.Response) -> str:
 
 
 class ExportClient:
+    """The service's API from the client's side (httpx): start an export, follow its
+    events, download it, resuming a partial download."""
+
     def __init__(self, url: str, token: str | None = None) -> None:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         # No read timeout: an event stream is quiet while an export waits in the queue.
@@ -191,6 +196,7 @@ def remember_export(
 
 
 def forget_export(target: Path) -> None:
+    """Remove what ``remember_export`` kept for ``output``."""
     target.with_name(target.name + ".part").unlink(missing_ok=True)
     _PartRecord(target).remove()
 

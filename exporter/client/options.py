@@ -17,6 +17,8 @@ from typing import Any
 
 from exporter.core.request import PARAMETERS
 
+__all__ = ["COMMANDS", "add_commands", "export_params"]
+
 DEFAULT_URL = "http://127.0.0.1:8080"
 COMMANDS = ("export", "status", "cancel")
 

@@ -29,6 +29,9 @@ _BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Settings:
+    """Every setting of the service, with its default; ``from_env`` reads them from the
+    environment, each checked (``SettingsError`` names the variable and what it must be)."""
+
     # None: start the embedded PostgreSQL (exporter serve) under ``embedded_pg_dir``.
     database_url: str | None = None
     export_dir: Path = Path("exports")

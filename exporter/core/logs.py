@@ -15,6 +15,8 @@ from typing import Any
 
 from pythonjsonlogger.json import JsonFormatter
 
+__all__ = ["AccessFields", "configure_logging"]
+
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 # Hypercorn's access-log atoms (hypercorn.logging.AccessLogAtoms) kept as JSON keys.
 ACCESS_ATOMS = {

@@ -15,6 +15,8 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from exporter.core.model import ExportStatus
 
+__all__ = ["CONTENT_TYPE", "Metrics"]
+
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 # Export durations: seconds to tens of minutes.
 DURATION_BUCKETS = (1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)
@@ -23,6 +25,8 @@ HEALTH_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
 
 
 class Metrics:
+    """The service's Prometheus metrics, on a registry of its own."""
+
     def __init__(
         self,
         counts: Callable[[], dict[str, int]],

@@ -46,6 +46,7 @@ TIERS: tuple[str, ...] = ("free", "pro", "enterprise")
 
 
 def utcnow() -> dt.datetime:
+    """Now, in UTC (aware)."""
     return dt.datetime.now(dt.UTC)
 
 

@@ -24,6 +24,8 @@ import dataclasses
 import functools
 from collections.abc import Sequence
 
+__all__ = ["Dialect", "Row", "encode_header", "encode_rows", "neutralize_formulas"]
+
 Row = Sequence[bytes | None]
 
 _END_MARKER = b"\\."
@@ -37,6 +39,8 @@ FORMULA_STARTS = (b"=", b"+", b"-", b"@", b"\t", b"\r")
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Dialect:
+    """The CSV dialect of an export: delimiter, quote character, formula neutralising."""
+
     delimiter: bytes = b","
     quote: bytes = b'"'
     neutralize_formulas: bool = False
@@ -79,6 +83,7 @@ def _probe_table(dialect: Dialect) -> bytes | None:
 
 
 def encode_header(columns: Sequence[str], dialect: Dialect) -> bytes:
+    """The header line of ``columns`` in ``dialect``, as COPY's HEADER writes it."""
     single = len(columns) == 1
     return (
         dialect.delimiter.join(_field(c.encode("utf-8"), dialect, single) for c in columns) + b"\n"

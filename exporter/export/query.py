@@ -13,6 +13,8 @@ from psycopg import sql
 
 from exporter.core.model import USER_COLUMNS, ExportRequest
 
+__all__ = ["IdRange", "Select", "copy_of", "copy_statement", "export_select"]
+
 Params = dict[str, str | int]
 # A statement and the values of its placeholders.
 Select = tuple[sql.Composed, Params]

@@ -57,6 +57,7 @@ Batch = Sequence[Row] | CopyBlock
 
 
 def batch_size(batch: Batch) -> int:
+    """How many rows ``batch`` holds."""
     return batch.rows if isinstance(batch, CopyBlock) else len(batch)
 
 
@@ -70,6 +71,8 @@ def estimate_rows(conn: psycopg.Connection[Any], select: Select) -> int:
 
 
 def max_id(conn: psycopg.Connection[Any]) -> int:
+    """The highest id of ``users`` in the connection's snapshot (0 for none): where the
+    ranges end."""
     row = conn.execute("SELECT coalesce(max(id), 0) FROM users").fetchone()
     assert row is not None
     return int(row[0])

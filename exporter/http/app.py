@@ -27,6 +27,8 @@ from exporter.jobs.manager import JobManager
 from exporter.jobs.postgres_queue import PostgresQueue
 from exporter.storage import open_storage
 
+__all__ = ["create_app"]
+
 log = logging.getLogger(__name__)
 
 # Bigger request bodies than this are refused before they are read: parameters are tiny.
@@ -34,6 +36,8 @@ MAX_BODY_BYTES = 64 * 1024
 
 
 def create_app(settings: Settings, conninfo: str) -> QuartTrio:
+    """The Quart-Trio app for ``settings``, its job queue in the database ``conninfo``
+    names; its serving lifespan runs the job manager."""
     app = QuartTrio(__name__)
     app.asgi_http_class = HTTPConnection
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES

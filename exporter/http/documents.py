@@ -7,6 +7,16 @@ from typing import Any
 
 from exporter.core.model import ExportStatus, JobRecord, JobView
 
+__all__ = [
+    "DEFAULT_LIST_LIMIT",
+    "EVENT_INTERVAL",
+    "MAX_LIST_LIMIT",
+    "created_document",
+    "download_url",
+    "status_document",
+    "status_url",
+]
+
 # GET /exports: how many recent exports it lists, by default and at most.
 DEFAULT_LIST_LIMIT, MAX_LIST_LIMIT = 20, 100
 # Seconds between progress events on GET /exports/{id}/events (four a second).
@@ -14,10 +24,12 @@ EVENT_INTERVAL = 0.25
 
 
 def status_url(export_id: object) -> str:
+    """Where an export's status is."""
     return f"/exports/{export_id}/status"
 
 
 def download_url(export_id: object) -> str:
+    """Where an export's file is downloaded from."""
     return f"/exports/{export_id}/download"
 
 

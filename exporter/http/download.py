@@ -36,6 +36,8 @@ from exporter.http.ranges import FileVersion, Plan, plan_response
 from exporter.http.zerocopy import EXTENSION
 from exporter.storage.base import ExportStorage, StoredFile
 
+__all__ = ["FileResponse", "HTTPConnection", "choose_encoding", "open_download"]
+
 # Bytes per read on the fallback path: few round trips, bounded memory per client.
 CHUNK = 256 * 1024
 

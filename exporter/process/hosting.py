@@ -61,6 +61,8 @@ def tune_malloc(arenas: int = MALLOC_ARENAS, mmap_from: int = MALLOC_MMAP_FROM) 
 
 
 def hypercorn_config(bind: str, send_timeout: float = SEND_TIMEOUT) -> Config:
+    """Hypercorn's settings for serving on ``bind``; ``send_timeout``: seconds a client
+    may accept no byte before it is dropped."""
     config = Config()
     config.bind = [bind]
     # Read by exporter.http.zerocopy: how long a client may accept no byte before it is dropped.

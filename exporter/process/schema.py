@@ -14,6 +14,8 @@ from pathlib import Path
 
 import psycopg
 
+__all__ = ["apply_schema", "count_users", "init_sql_path", "init_sql_sections", "seed_users"]
+
 _SECTION = re.compile(r"^-- section: (\w+)\s*$", re.MULTILINE)
 SEED_BATCH_ROWS = 250_000
 
@@ -57,6 +59,7 @@ def apply_schema(conninfo: str, *names: str) -> None:
 
 
 def count_users(conninfo: str) -> int:
+    """How many rows ``users`` holds."""
     with psycopg.connect(conninfo, autocommit=True) as conn:
         row = conn.execute("SELECT count(*) FROM users").fetchone()
         assert row is not None

@@ -20,6 +20,8 @@ import trio
 
 from exporter.core.config import Settings
 
+__all__ = ["supervise", "worker_command"]
+
 log = logging.getLogger(__name__)
 
 # Waits before restarting a worker that died: doubled after each quick death.
@@ -31,6 +33,8 @@ WORKER_STOP_TIMEOUT = 10.0
 
 
 def worker_command(index: int, settings: Settings) -> list[str]:
+    """The command line of worker ``index``: ``exporter worker``, with ``--bind`` for its
+    ``/health`` and ``/metrics`` when ``WORKER_METRICS_PORT`` is set."""
     command = [sys.executable, "-m", "exporter", "worker"]
     if settings.worker_metrics_port is not None:
         command += ["--bind", f"127.0.0.1:{settings.worker_metrics_port + index}"]

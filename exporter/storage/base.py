@@ -75,6 +75,8 @@ class StoredFile(Protocol):
 
 
 class RangeReader(Protocol):
+    """A range of a stored file, read in pieces."""
+
     def read(self, size: int) -> bytes:
         """Up to ``size`` more bytes of the range; empty once it is all read."""
         ...
@@ -83,6 +85,8 @@ class RangeReader(Protocol):
 
 
 class ExportStorage(Protocol):
+    """An export store: where export files are written, read and removed."""
+
     # How a sentence for users names the store, e.g. "the export store s3://exports/prod".
     description: str
 

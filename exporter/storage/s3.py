@@ -48,6 +48,8 @@ if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
     from mypy_boto3_s3.type_defs import MultipartUploadTypeDef
 
+__all__ = ["Location", "MultipartSink", "ObjectStorage", "PartBody", "StoredObject"]
+
 # Every part but the last must hold at least 5 MiB (S3's rule, kept by every compatible
 # store); parts of exactly that size keep the buffer small. 10,000 parts at most make
 # a file of up to 48.8 GiB.
@@ -62,6 +64,8 @@ _READ_TIMEOUT = 30.0
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Location:
+    """A bucket and a key prefix."""
+
     bucket: str
     prefix: str  # "" or ending in "/"
 
