@@ -2,7 +2,7 @@
 
 Kept free of imports: the command-line client (``exporter.client``) must load without the
 server stack. The server's modules that need trio-asyncio before psycopg import it
-themselves (see ``exporter.jobs.queue``).
+themselves (see ``exporter.jobs.postgres_queue``).
 """
 
 from typing import Any

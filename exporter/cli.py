@@ -114,7 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _serve_or_seed(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     # trio_asyncio before anything imports psycopg (exporter.process.schema does): see
-    # exporter.jobs.queue.
+    # exporter.jobs.postgres_queue.
     import trio_asyncio  # noqa: F401
     import trio
 

@@ -20,8 +20,9 @@ one being written, the one the reader holds while it waits to send).
 Cancellation: everything runs inside the caller's cancel scope. A thread cannot be
 interrupted, so a cancelled wait on ``fetchmany`` (or on the DECLARE/EXPLAIN before it)
 cancels the *query on the server*, which makes the blocked call return at once; the
-connection is closed, the sinks discarded. A finished file only appears on ``commit``
-(``exporter.storage``), so it is never partial.
+connection is closed, and the files removed (or, with ``keep_partial``, closed for a later
+attempt to continue). A finished file only appears on ``commit`` (``exporter.storage``),
+so it is never partial.
 """
 
 from __future__ import annotations

@@ -42,8 +42,8 @@ def create_app(settings: Settings, conninfo: str) -> QuartTrio:
     app.asgi_http_class = HTTPConnection
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
     # On shutdown Quart-Trio then cancels its lifespan nursery at once, and with it the job
-    # manager: running exports stop and clean up in shielded scopes (jobs.py), each within
-    # a few seconds, before the store closes.
+    # manager: running exports stop and clean up in shielded scopes (exporter.jobs.running),
+    # each within a few seconds, before the queue's connection closes.
     app.config["BACKGROUND_TASK_SHUTDOWN_TIMEOUT"] = None
     app.url_map.converters["export_id"] = ExportIdConverter
     # With workers, they run the exports: this process serves the API only.
