@@ -36,7 +36,7 @@ import trio_asyncio  # noqa: F401  (before psycopg, which exporter.export.pipeli
 from isal import isal_zlib
 
 from bench.common import DATA, machine, save_results, seeded_database
-from exporter.export.connection import open_text_connection
+from exporter.export.connection import libpq_options, open_text_connection
 from exporter.export.copy_reader import CopyReader, connect_arguments
 
 SELECT = (
@@ -44,7 +44,7 @@ SELECT = (
     " FROM users ORDER BY id"
 )
 BLOCK_ROWS = 5000
-ENV = {**os.environ, "PGOPTIONS": "-c TimeZone=UTC -c DateStyle=ISO,MDY"}
+ENV = {**os.environ, "PGOPTIONS": libpq_options()}
 _F_SETPIPE_SZ = 1031
 
 Blocks = queue.Queue[bytes | None]

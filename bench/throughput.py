@@ -28,6 +28,7 @@ import psycopg
 from bench.common import DATA, EXPORTS, machine, save_results, seeded_database, service
 from exporter.core.model import ExportRequest
 from exporter.core.request import parse_export_request
+from exporter.export.connection import libpq_options
 from exporter.export.query import export_select
 
 # (name, export parameters, the service's environment)
@@ -50,7 +51,7 @@ def psql_copy(conninfo: str, request: ExportRequest, out: Path) -> float:
         d = psycopg.sql.Literal(request.delimiter).as_string(conn)
         q = psycopg.sql.Literal(request.quote_char).as_string(conn)
     command = f"\\copy ({text}) TO '{out}' WITH (FORMAT csv, HEADER true, DELIMITER {d}, QUOTE {q})"
-    env = {**os.environ, "PGOPTIONS": "-c TimeZone=UTC -c DateStyle=ISO,MDY"}
+    env = {**os.environ, "PGOPTIONS": libpq_options()}
     started = time.perf_counter()
     subprocess.run(["psql", "-X", "-q", conninfo, "-c", command], check=True, env=env)
     return time.perf_counter() - started
@@ -59,7 +60,7 @@ def psql_copy(conninfo: str, request: ExportRequest, out: Path) -> float:
 def psql_dump(conninfo: str, out: Path) -> float:
     r"""``\copy users to``: the table as it lies, the floor any export of it stands on."""
     command = f"\\copy users TO '{out}' WITH (FORMAT csv, HEADER true)"
-    env = {**os.environ, "PGOPTIONS": "-c TimeZone=UTC -c DateStyle=ISO,MDY"}
+    env = {**os.environ, "PGOPTIONS": libpq_options()}
     started = time.perf_counter()
     subprocess.run(["psql", "-X", "-q", conninfo, "-c", command], check=True, env=env)
     return time.perf_counter() - started
