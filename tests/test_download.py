@@ -20,7 +20,6 @@ import pytest
 import trio
 
 from exporter.core.model import ExportRequest
-from exporter.http import zerocopy
 from tests.support import (
     Oracle,
     S3Bucket,
@@ -250,11 +249,11 @@ async def test_interrupted_download_resumes_byte_identical(
 async def test_sendfile_is_used_on_http_1_1(folder_server: Server, folder_export: str) -> None:
     server, export = folder_server, folder_export
     size = len(file_of(server, export, "identity"))
-    before = zerocopy.stats["sendfile_bytes"]
+    before = await server.download_bytes("sendfile")
     status, _, body, line = await curl("--http1.1", f"{server.url}/exports/{export}/download")
     assert status == 200 and line.startswith("HTTP/1.1")
     assert len(body) == size
-    assert zerocopy.stats["sendfile_bytes"] - before == size
+    assert await server.download_bytes("sendfile") - before == size
 
 
 async def test_fallback_without_zero_copy_gives_the_same_bytes(
@@ -263,13 +262,13 @@ async def test_fallback_without_zero_copy_gives_the_same_bytes(
     server, export = folder_server, folder_export
     """HTTP/2 (h2c with prior knowledge) has no zero-copy: the chunked fallback serves it."""
     expected = file_of(server, export, "identity")
-    before = zerocopy.stats["sendfile_bytes"]
+    before = await server.download_bytes("sendfile")
     status, _, body, line = await curl(
         "--http2-prior-knowledge", f"{server.url}/exports/{export}/download"
     )
     assert line.startswith("HTTP/2") and status == 200
     assert body == expected
-    assert zerocopy.stats["sendfile_bytes"] == before
+    assert await server.download_bytes("sendfile") == before
     status, _, body, _ = await curl(
         "--http2-prior-knowledge", "-H", "Range: bytes=-100",
         f"{server.url}/exports/{export}/download",
@@ -344,7 +343,7 @@ async def test_zero_copy_can_be_switched_off(start_server: StartServer) -> None:
     server = await start_server(zero_copy=False)
     export_id = await completed_export(server, subscription_tier="enterprise")
     expected = file_of(server, export_id, "identity")
-    before = zerocopy.stats["sendfile_bytes"]
+    before = await server.download_bytes("sendfile")
     status, _, body, _ = await curl("--http1.1", f"{server.url}/exports/{export_id}/download")
     assert status == 200 and body == expected
-    assert zerocopy.stats["sendfile_bytes"] == before
+    assert await server.download_bytes("sendfile") == before

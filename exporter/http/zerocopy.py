@@ -54,9 +54,6 @@ SENDFILE_CHUNK = 1 << 20
 # than a slow client's socket takes at once, little enough to copy in microseconds.
 INLINE_CHUNK = 64 * 1024
 
-# Counts bytes sent by sendfile, for tests and metrics (the proof zero-copy is used).
-stats = {"sendfile_calls": 0, "sendfile_bytes": 0}
-
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class FileRange:
@@ -192,8 +189,6 @@ async def sendfile_all(
         if sent == 0:  # the file is shorter than promised: never send made-up bytes
             raise OSError(errno.EIO, "file ended before the promised length")
         if sent is not None:
-            stats["sendfile_calls"] += 1
-            stats["sendfile_bytes"] += sent
             if file_range.progress is not None:
                 file_range.progress(sent)
             offset += sent

@@ -29,6 +29,7 @@ import httpx
 import psycopg
 import pytest
 import trio
+from prometheus_client.parser import text_string_to_metric_families
 from psycopg.conninfo import make_conninfo
 
 from exporter.core.config import ROW_SOURCES, Settings
@@ -259,6 +260,19 @@ class Server:
                 if doc["status"] in statuses:
                     return doc
                 await trio.sleep(0.02)
+
+    async def download_bytes(self, method: str) -> float:
+        """Bytes of export files sent to clients ``method`` (``sendfile`` or ``fallback``),
+        as the operator sees them: ``exporter_download_bytes`` of GET /metrics."""
+        response = await self.client.get("/metrics")
+        assert response.status_code == 200, response.text
+        for family in text_string_to_metric_families(response.text):
+            for sample in family.samples:
+                if sample.name == "exporter_download_bytes_total" and sample.labels == {
+                    "method": method
+                }:
+                    return float(sample.value)
+        return 0.0  # nothing sent that way yet: the counter has no sample for it
 
 
 StartServer = Callable[..., Awaitable[Server]]
