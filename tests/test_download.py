@@ -26,6 +26,7 @@ from tests.support import (
     Server,
     StartServer,
     UsersLock,
+    at_rest,
     count_tasks,
     curl,
     open_fds,
@@ -320,8 +321,7 @@ async def test_vanished_client_leaves_nothing_behind(
     export_id = await completed_export(server)
     url = f"{server.url}/exports/{export_id}/download"
     await curl("-I", url)  # warm up: the connection pool, the file in the page cache
-    await trio.sleep(0.2)
-    fds, tasks = open_fds(), count_tasks()
+    fds, tasks = await at_rest(open_fds, count_tasks)  # the warm-up's connection ended
     with trio.move_on_after(1.0):
         await trio.run_process(
             ["curl", "-s", protocol, "--limit-rate", "200k", "-o", str(tmp_path / "x"), url],

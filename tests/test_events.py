@@ -18,6 +18,7 @@ from tests.support import (
     Server,
     StartServer,
     UsersLock,
+    at_rest,
     count_tasks,
     rows_before_gate,
     wait_until_blocked,
@@ -122,8 +123,7 @@ async def test_a_listener_that_leaves_holds_nothing_open(
     lock = users_lock()  # the export stays processing until the test lets it go
     export_id = await server.create(country_code="US", columns="id")
     await wait_until_blocked(database, export_id)
-    await trio.sleep(0.2)  # the server's own tasks for the job settle
-    tasks = count_tasks()
+    (tasks,) = await at_rest(count_tasks)  # the server's own tasks for the job settle
     async with server.client.stream("GET", f"/exports/{export_id}/events") as response:
         async for line in response.aiter_lines():
             if line.startswith("data: "):

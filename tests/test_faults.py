@@ -35,6 +35,7 @@ from tests.support import (
     Service,
     StartServer,
     UsersLock,
+    at_rest,
     backends,
     copy_oracle,
     count_tasks,
@@ -379,8 +380,7 @@ async def test_stalled_download_is_dropped_and_others_are_served(
     path = f"/exports/{export_id}/download"
     whole = copy_oracle(database, ExportRequest())
     await server.client.get("/health")  # the client's pool connection, opened up front
-    await trio.sleep(0.2)
-    fds, tasks = open_fds(), count_tasks()
+    fds, tasks = await at_rest(open_fds, count_tasks)  # ... and idle, the request done
 
     # Asks for the file, then reads nothing: the server's writes soon block.
     staller = trio.socket.socket()

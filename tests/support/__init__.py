@@ -7,11 +7,12 @@
   gated database (the export waits half-way, with rows written);
 - a server in this process (``Server``) or ``exporter serve`` as its own process
   (``service``);
-- curl, and counts of this process's open files and trio tasks.
+- curl, and counts of this process's open files and trio tasks (and what they rest at).
 """
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import dataclasses
 import os
@@ -408,6 +409,31 @@ def count_tasks() -> int:
     root = trio.lowlevel.current_root_task()
     assert root is not None
     return walk(root)
+
+
+async def at_rest(
+    *measures: Callable[[], int], window: float = 0.2, timeout: float = 10.0
+) -> tuple[int, ...]:
+    """What ``measures`` (``open_fds``, ``count_tasks``) have come to rest at, once the work
+    just done has wound down (or started up): a baseline for a later "back to where it was".
+
+    Read every 10 ms, in windows of ``window`` seconds: the values read most often in a
+    window, once two windows in a row agree. The server's own short periodic tasks (its
+    database I/O, a few times a second, for a few ms) change a count only for a moment, and
+    do not move that. An ``AssertionError`` if they never agree within ``timeout``."""
+    deadline = time.monotonic() + timeout
+    previous: tuple[int, ...] | None = None
+    while True:
+        readings: collections.Counter[tuple[int, ...]] = collections.Counter()
+        window_ends = time.monotonic() + window
+        while time.monotonic() < window_ends:
+            readings[tuple(measure() for measure in measures)] += 1
+            await trio.sleep(0.01)
+        usual = readings.most_common(1)[0][0]
+        if usual == previous:
+            return usual
+        assert time.monotonic() < deadline, f"never at rest: {readings}"
+        previous = usual
 
 
 # -- exporter worker as its own process -------------------------------------------------------
