@@ -1,6 +1,7 @@
 """Faults, each made for real against the real server and database: the export's
-database session killed, the database unreachable or lost, the service killed or stopped
-mid-export, the disk full, clients that stall or send nothing.
+database session killed, the database unreachable or lost, the disk full, clients that
+stall or send nothing. (The service killed or stopped mid-export, and the export taken
+over or handed back: test_takeover.py.)
 
 Every test checks what a user would: the job's final status and error, the files on disk,
 the service still answering, and other work unaffected. "Mid-export" is made, not hoped
@@ -10,17 +11,12 @@ already written, until the fault has happened.
 
 from __future__ import annotations
 
-import gzip
 import os
 import shutil
-import signal
 import socket
 import subprocess
-import time
-import zlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import psycopg
 import pytest
@@ -32,33 +28,16 @@ from tests.support import (
     GatedDatabase,
     Gates,
     Server,
-    Service,
     StartServer,
     UsersLock,
     at_rest,
-    backends,
     copy_oracle,
     count_tasks,
     open_fds,
-    rows_before_gate,
-    service,
     wait_until_blocked,
-    wait_until_blocked_sync,
 )
 from tests.support.dbproxy import DatabaseProxy
-
-# Where the gated database stops an export: after its first 10,000 rows.
-GATE = 10_001
-# Small batches, so that the rows are read in ranges of 5,000 ids (50 batches): the gate
-# at row 10,001 is then just past the end of a range, where a checkpoint is taken.
-BATCH_ROWS = 100
-ROWS_AT_GATE = rows_before_gate(GATE, BATCH_ROWS)
-# A checkpoint at the end of every range, and a lease that runs out soon after a death.
-CHECKPOINTED = {
-    "BATCH_ROWS": str(BATCH_ROWS),
-    "CHECKPOINT_INTERVAL": "0.000001",
-    "LEASE_SECONDS": "2",
-}
+from tests.support.processes import BATCH_ROWS, GATE, ROWS_AT_GATE
 
 
 def export_files(folder: Path) -> list[str]:
@@ -202,132 +181,7 @@ async def wait_ready(server: Server, timeout: float = 15.0) -> None:
     assert response.json() == {"status": "ready", "database": "up", "exportStore": "up"}
 
 
-# -- 3 and 4. the server process killed, or stopped by SIGTERM ---------------------------
-
-
-def job_row(database: str, export_id: str) -> tuple[Any, ...]:
-    with psycopg.connect(database) as conn:
-        row = conn.execute(
-            "SELECT status, error FROM export_jobs WHERE id = %s", (export_id,)
-        ).fetchone()
-    assert row is not None
-    return tuple(row)
-
-
-def start_mid_export(app: Service, database: str, gated: GatedDatabase) -> str:
-    """Starts an export and returns its id once it waits at the gate, half-way: the rows
-    before it written (and shown in its status) and checkpointed, the rest still to come."""
-    response = app.client.post("/exports/csv")
-    assert response.status_code == 202, response.text
-    export_id = str(response.json()["exportId"])
-    wait_until_blocked_sync(database, export_id)
-    deadline = time.monotonic() + 10
-    while True:  # the writer may still be at the last batch before the gate
-        doc = app.client.get(f"/exports/{export_id}/status").json()
-        if doc["progress"]["processedRows"] >= ROWS_AT_GATE:
-            break
-        assert time.monotonic() < deadline, doc
-        time.sleep(0.02)
-    assert doc["status"] == "processing" and doc["progress"]["processedRows"] == ROWS_AT_GATE
-    # The checkpoint at the gate is recorded after the rows are written (by the compressor,
-    # once the gzip copy is durable too): wait for it, or a kill may come first.
-    while checkpoint_of(gated.admin_url, export_id)[0] != ROWS_AT_GATE:
-        assert time.monotonic() < deadline, checkpoint_of(gated.admin_url, export_id)
-        time.sleep(0.02)
-    return export_id
-
-
-def checkpoint_of(database: str, export_id: str) -> tuple[Any, ...]:
-    with psycopg.connect(database) as conn:
-        row = conn.execute(
-            "SELECT checkpoint_rows, checkpoint_csv_bytes, attempt FROM export_jobs WHERE id = %s",
-            (export_id,),
-        ).fetchone()
-    assert row is not None
-    return tuple(row)
-
-
-def assert_files_are_copys(exports: Path, export_id: str, expected: bytes) -> None:
-    assert (exports / f"{export_id}.csv").read_bytes() == expected
-    gzipped = exports / f"{export_id}.csv.gz"
-    # One gzip member, checkpoints and a resume notwithstanding: clients that read only the
-    # first member (curl --compressed, httpx) get the whole CSV too.
-    inflate = zlib.decompressobj(wbits=31)
-    assert inflate.decompress(gzipped.read_bytes()) == expected
-    assert inflate.eof and inflate.unused_data == b""
-    assert gzip.decompress(gzipped.read_bytes()) == expected
-    assert subprocess.run(["gzip", "-dc", str(gzipped)], capture_output=True).stdout == expected
-    assert export_files(exports) == [f"{export_id}.csv", f"{export_id}.csv.gz"]
-
-
-@pytest.mark.slow
-@pytest.mark.e2e
-def test_sigkill_mid_export_then_restart_continues_from_the_checkpoint(
-    database: str, gated_database: GatedDatabase, gates: Gates, tmp_path: Path
-) -> None:
-    exports = tmp_path / "exports"
-    with service(gated_database.url, exports, keep_queue=True, **CHECKPOINTED) as app:
-        gates.hold(GATE)
-        export_id = start_mid_export(app, database, gated_database)
-        app.process.send_signal(signal.SIGKILL)
-        app.process.wait(10)
-    # What a killed process leaves: a half-written file, a job still processing, and how
-    # far that file is durable.
-    assert f"{export_id}.csv.part" in export_files(exports)
-    assert job_row(gated_database.admin_url, export_id) == ("processing", None)
-    rows, csv_bytes, attempt = checkpoint_of(gated_database.admin_url, export_id)
-    assert (rows, attempt) == (ROWS_AT_GATE, 1)
-    durable = (exports / f"{export_id}.csv.part").read_bytes()[:csv_bytes]
-    gates.release(GATE)
-
-    started = time.monotonic()
-    with service(gated_database.url, exports, **CHECKPOINTED) as app:
-        # Taken over once the dead process's lease has run out, and continued.
-        doc = app.wait_for(export_id, "completed", "failed", timeout=15)
-        assert doc["status"] == "completed", doc
-        assert time.monotonic() - started < 2 + 5 + 5  # lease, claim, the rest of the rows
-        assert doc["attempt"] == 2 and doc["resumedFromRows"] == ROWS_AT_GATE
-        assert doc["progress"]["processedRows"] == 30_000
-    expected = gated_database.oracle(ExportRequest())
-    assert expected.startswith(durable)
-    assert_files_are_copys(exports, export_id, expected)
-
-
-@pytest.mark.slow
-@pytest.mark.e2e
-def test_sigterm_mid_export_hands_it_back_and_a_restart_continues_it(
-    database: str, gated_database: GatedDatabase, gates: Gates, tmp_path: Path
-) -> None:
-    exports = tmp_path / "exports"
-    with service(gated_database.url, exports, keep_queue=True, **CHECKPOINTED) as app:
-        gates.hold(GATE)  # held through the shutdown: the export cannot end by itself
-        export_id = start_mid_export(app, database, gated_database)
-        assert f"{export_id}.csv.part" in export_files(exports)
-        started = time.monotonic()
-        app.process.send_signal(signal.SIGTERM)
-        assert app.process.wait(10) == 0
-        # Within docker stop's 10 s before it kills: the export stops at once, but
-        # Hypercorn waits up to its keep-alive timeout (5 s) for this test's idle connection.
-        assert time.monotonic() - started < 9.0
-    # Handed back: waiting again, nothing failed, its partial files kept for the next start.
-    assert job_row(gated_database.admin_url, export_id) == ("pending", None)
-    assert checkpoint_of(gated_database.admin_url, export_id)[::2] == (ROWS_AT_GATE, 1)
-    assert f"{export_id}.csv.part" in export_files(exports)
-    # The export's query was cancelled, not left waiting at the gate: its session is gone.
-    deadline = time.monotonic() + 1.0
-    while backends(database, export_id):
-        assert time.monotonic() < deadline, backends(database, export_id)
-        time.sleep(0.02)
-    gates.release(GATE)
-
-    with service(gated_database.url, exports, **CHECKPOINTED) as app:  # the restart
-        doc = app.wait_for(export_id, "completed", "failed", timeout=15)
-        assert doc["status"] == "completed", doc
-        assert doc["attempt"] == 1 and doc["resumedFromRows"] == ROWS_AT_GATE
-    assert_files_are_copys(exports, export_id, gated_database.oracle(ExportRequest()))
-
-
-# -- 5. the disk fills up -----------------------------------------------------------------
+# -- 3. the disk fills up -----------------------------------------------------------------
 
 
 @pytest.fixture
@@ -366,7 +220,7 @@ async def test_disk_full_fails_the_job_and_leaves_no_file(
     assert response.content == oracle(ExportRequest(country_code="NZ", columns=("id", "email")))
 
 
-# -- 6. clients that vanish or stall ---------------------------------------------------------
+# -- 4. clients that vanish or stall ---------------------------------------------------------
 
 
 @pytest.mark.slow

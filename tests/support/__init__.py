@@ -1,4 +1,5 @@
-"""Helpers that several test modules share (fixtures are in conftest.py, which uses these).
+"""Helpers that several test modules share (fixtures are in conftest.py, which uses these;
+the one of ``processes`` is imported by the tests that use it).
 
 - the test database: its size, PostgreSQL's own COPY of an export (the oracle), the
   export's sessions in ``pg_stat_activity``;
@@ -8,6 +9,9 @@
 - a server in this process (``Server``) or ``exporter serve`` as its own process
   (``service``);
 - curl, and counts of this process's open files and trio tasks (and what they rest at).
+
+Beside it: ``processes`` (what the tests of several real processes share), ``dbproxy``,
+``fake_queue``, ``fake_export``.
 """
 
 from __future__ import annotations
