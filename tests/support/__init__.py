@@ -10,8 +10,8 @@ the one of ``processes`` is imported by the tests that use it).
   (``service``);
 - curl, and counts of this process's open files and trio tasks (and what they rest at).
 
-Beside it: ``processes`` (what the tests of several real processes share), ``dbproxy``,
-``fake_queue``, ``fake_export``.
+Beside it: ``processes`` (what the tests of several real processes share), ``load`` (the
+load that test_load and bench/load.py run), ``dbproxy``, ``fake_queue``, ``fake_export``.
 """
 
 from __future__ import annotations
