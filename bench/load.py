@@ -37,6 +37,7 @@ import trio
 from bench.common import EXPORTS, machine, save_results, seeded_database, service
 from bench.health import HealthSampler, summary
 from exporter.core.request import parse_export_request
+from exporter.export.connection import libpq_options
 from exporter.export.query import copy_statement
 from tests.support.load import DOWNLOADED, EXPORT_KINDS, Load
 
@@ -48,7 +49,7 @@ def oracle_sha256(conninfo: str, params: dict[str, str]) -> str:
     statement, values = copy_statement(parse_export_request(params))
     digest = hashlib.sha256()
     with (
-        psycopg.connect(conninfo, options="-c TimeZone=UTC -c DateStyle=ISO,MDY") as conn,
+        psycopg.connect(conninfo, options=libpq_options()) as conn,
         conn.cursor().copy(statement, values) as copy,
     ):
         for chunk in copy:

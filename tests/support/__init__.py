@@ -39,6 +39,7 @@ from psycopg.conninfo import make_conninfo
 
 from exporter.core.config import ROW_SOURCES, Settings
 from exporter.core.model import ExportRequest
+from exporter.export.connection import libpq_options
 from exporter.export.query import copy_statement
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -60,7 +61,7 @@ def copy_oracle(conninfo: str, request: ExportRequest) -> bytes:
     statement, params = copy_statement(request)
     out = bytearray()
     with (
-        psycopg.connect(conninfo, options="-c TimeZone=UTC -c DateStyle=ISO,MDY") as conn,
+        psycopg.connect(conninfo, options=libpq_options()) as conn,
         conn.cursor().copy(statement, params) as copy,
     ):
         for chunk in copy:
