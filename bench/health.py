@@ -38,6 +38,7 @@ from bench.common import (
 )
 from bench.memory import curl, every
 from bench.plotting import line_chart
+from tests.support.load import complete_response
 
 EARLIER = {"country_code": "US"}
 DOWNLOAD_RATE = "5M"
@@ -95,18 +96,6 @@ class HealthSampler(threading.Thread):
         finally:
             if sock is not None:
                 sock.close()
-
-
-def complete_response(response: bytes) -> bool:
-    """Whether ``response`` holds a whole HTTP response (headers and Content-Length body)."""
-    head, sep, body = response.partition(b"\r\n\r\n")
-    if not sep:
-        return False
-    for line in head.split(b"\r\n")[1:]:
-        name, _, value = line.partition(b":")
-        if name.strip().lower() == b"content-length":
-            return len(body) >= int(value)
-    return True
 
 
 def percentile(values: list[float], q: float) -> float:
