@@ -15,14 +15,19 @@ import dataclasses
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from exporter.core.datasets import Dataset
 from exporter.core.errors import FieldError, RequestInvalid
-from exporter.core.model import TIERS, USER_COLUMNS, ExportRequest
+from exporter.core.filters import FilterInvalid, parse_filter, parse_value
+from exporter.core.model import TIERS, USER_COLUMNS, ExportRequest, Filter
 
 __all__ = [
     "DEFAULT_REQUEST",
+    "DIALECT_PARAMETERS",
     "PARAMETERS",
     "PARAMETER_NAMES",
+    "SELECT",
     "Parameter",
+    "parse_dataset_request",
     "parse_export_request",
 ]
 
@@ -215,6 +220,14 @@ def parse_export_request(params: Mapping[str, object]) -> ExportRequest:
             values[parameter.field] = parameter.parse(raw)
         except _Invalid as invalid:
             errors.append(FieldError(parameter.name, str(invalid)))
+    _check_dialect(values, errors)
+    if errors:
+        raise RequestInvalid(errors)
+    return ExportRequest(**values)
+
+
+def _check_dialect(values: Mapping[str, Any], errors: list[FieldError]) -> None:
+    """The delimiter and the quote must differ (unless one of them was wrong already)."""
     if not {e.param for e in errors} & {"delimiter", "quoteChar"}:
         delimiter = values.get("delimiter", DEFAULT_REQUEST.delimiter)
         quote = values.get("quote_char", DEFAULT_REQUEST.quote_char)
@@ -222,6 +235,90 @@ def parse_export_request(params: Mapping[str, object]) -> ExportRequest:
             errors.append(
                 FieldError("quoteChar", f"must differ from delimiter (both are {_describe(quote)})")
             )
+
+
+# A dataset export's parameters: ``select``, the dialect's, a saved query's parameters;
+# every other name is a column's filter.
+SELECT = "select"
+DIALECT_PARAMETERS: tuple[Parameter, ...] = tuple(
+    p for p in PARAMETERS if p.field in ("delimiter", "quote_char", "neutralize_formulas")
+)
+
+
+def _select(dataset: Dataset, raw: object) -> tuple[str, ...]:
+    names = _names(raw)
+    unknown = [n for n in names if dataset.column(n) is None]
+    if unknown:
+        shown = ", ".join(repr(n[:40]) for n in unknown[:5])
+        raise _Invalid(
+            f"unknown column {shown}; {dataset.name} has {', '.join(dataset.column_names)}"
+        )
+    return names
+
+
+def _names(raw: object) -> tuple[str, ...]:
+    if isinstance(raw, list) and all(isinstance(c, str) for c in raw):
+        names = [c.strip() for c in raw]
+    elif isinstance(raw, str):
+        names = [c.strip() for c in raw.split(",")]
+    else:
+        raise _Invalid("must be a comma-separated string or a list of names")
+    if not names or names == [""]:
+        raise _Invalid("must name at least one column")
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise _Invalid(f"duplicate column {', '.join(duplicates)}")
+    return tuple(names)
+
+
+def _filters(dataset: Dataset, name: str, raw: object) -> list[Filter]:
+    """The filters one parameter gives (a list when it is given more than once)."""
+    texts = raw if isinstance(raw, list) else [raw]
+    column = dataset.column(name)
+    allowed = dataset.filters.get(name)
+    if column is None or allowed is None:
+        filterable = ", ".join(dataset.filters) or "none"
+        raise _Invalid(f"unknown parameter; {dataset.name} can be filtered on: {filterable}")
+    found = []
+    for text in texts:
+        if not isinstance(text, str):
+            raise _Invalid("must be a filter, op.value, as a string")
+        try:
+            found.append(parse_filter(column, allowed, text))
+        except FilterInvalid as invalid:
+            raise _Invalid(str(invalid)) from None
+    return found
+
+
+def parse_dataset_request(dataset: Dataset, params: Mapping[str, object]) -> ExportRequest:
+    """Validate an export of ``dataset`` (query string or JSON body) into an
+    ``ExportRequest``: ``select``, filters ``col=op.value``, a saved query's parameters
+    and the CSV dialect. Raises ``RequestInvalid`` listing every problem."""
+    errors: list[FieldError] = []
+    values: dict[str, Any] = {"dataset": dataset.name, "columns": dataset.default_columns}
+    dialect = {p.name: p for p in DIALECT_PARAMETERS}
+    filters: list[Filter] = []
+    query_params: dict[str, str] = {}
+    for name, raw in params.items():
+        try:
+            if name == SELECT:
+                values["columns"] = _select(dataset, raw)
+            elif name in dialect:
+                values[dialect[name].field] = dialect[name].parse(raw)
+            elif name in dataset.params:
+                if not isinstance(raw, str):
+                    raise _Invalid("must be given once, as a string")
+                query_params[name] = parse_value(raw, dataset.params[name])
+            else:
+                filters += _filters(dataset, name, raw)
+        except (_Invalid, FilterInvalid) as invalid:
+            errors.append(FieldError(name[:60], str(invalid)))
+    for name in dataset.params:
+        if name not in query_params and name not in {e.param for e in errors}:
+            errors.append(FieldError(name, f"required: a value of {dataset.params[name].type}"))
+    _check_dialect(values, errors)
     if errors:
         raise RequestInvalid(errors)
+    values["filters"] = tuple(filters)
+    values["params"] = tuple(query_params.items())
     return ExportRequest(**values)
