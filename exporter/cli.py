@@ -9,7 +9,7 @@ import logging
 import os
 import sys
 from collections.abc import Iterator, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from exporter.client import options as client_options
 
@@ -144,6 +144,8 @@ def _serve_or_seed(parser: argparse.ArgumentParser, args: argparse.Namespace) ->
             trio.run(run_worker, settings, conninfo, args.bind)
         return 0
 
+    if args.command == "datasets-check":
+        return _check_datasets(settings, args.file)
     with database(settings) as conninfo:
         apply_schema(conninfo, "schema")
         if args.command == "seed":
@@ -160,9 +162,44 @@ def _serve_or_seed(parser: argparse.ArgumentParser, args: argparse.Namespace) ->
             # The workers inherit this environment: they must use this embedded server,
             # not start their own.
             os.environ["DATABASE_URL"] = conninfo
+        datasets = _datasets(settings, conninfo)
+        if datasets is None:
+            return 2
         from exporter.process.server import run_server
 
-        trio.run(run_server, settings, conninfo)
+        trio.run(run_server, settings, conninfo, datasets)
+    return 0
+
+
+def _datasets(settings: Settings, conninfo: str) -> Any:
+    """The declared datasets, resolved; None (the errors printed) if they cannot be."""
+    from exporter.core.datasets import DatasetError, declared_datasets
+    from exporter.export.catalog import DatasetCatalog
+
+    try:
+        catalog = DatasetCatalog(conninfo, declared_datasets(settings.datasets_file))
+        catalog.resolve()
+    except DatasetError as error:
+        print(f"exporter: the datasets cannot be exported:\n{error}", file=sys.stderr)
+        return None
+    return catalog
+
+
+def _check_datasets(settings: Settings, file: str) -> int:
+    """``exporter datasets check FILE``: the file's problems, or what it declares."""
+    from pathlib import Path
+
+    from exporter.process.schema import apply_schema
+
+    with database(settings) as conninfo:
+        apply_schema(conninfo, "schema")
+        catalog = _datasets(settings.replace(datasets_file=Path(file)), conninfo)
+    if catalog is None:
+        return 1
+    for dataset in catalog.values():
+        how = "resumable" if dataset.ranged else "one statement, not resumable"
+        names = ", ".join(dataset.column_names)
+        print(f"{dataset.name}: {dataset.source}, key ({', '.join(dataset.key)}), {how}; {names}")
     return 0
 
 

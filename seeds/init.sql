@@ -45,8 +45,9 @@ CREATE INDEX IF NOT EXISTS export_jobs_status_idx ON export_jobs (status);
 -- The queue: export_jobs is also how processes sharing this database share the work. A
 -- running job has an owner (a process) whose lease it renews; a job whose lease has run
 -- out is taken over by another process, which continues from its last checkpoint (how
--- many rows, up to which users.id, and how many bytes of the CSV and of its gzip copy
--- were durable). Added in place to a table made before they existed.
+-- many rows, up to which value of the dataset's key, and how many bytes of the CSV and of
+-- its gzip copy were durable; checkpoint_last_id repeats a key that is one integer, as
+-- users.id). Added in place to a table made before they existed.
 ALTER TABLE export_jobs
     ADD COLUMN IF NOT EXISTS owner                 TEXT,
     ADD COLUMN IF NOT EXISTS lease_until           TIMESTAMPTZ,
@@ -57,7 +58,8 @@ ALTER TABLE export_jobs
     ADD COLUMN IF NOT EXISTS checkpoint_csv_bytes  BIGINT NOT NULL DEFAULT 0,
     ADD COLUMN IF NOT EXISTS checkpoint_gzip_bytes BIGINT NOT NULL DEFAULT 0,
     ADD COLUMN IF NOT EXISTS checkpoint_gzip_crc   BIGINT NOT NULL DEFAULT 0,
-    ADD COLUMN IF NOT EXISTS resumed_from_rows     BIGINT;
+    ADD COLUMN IF NOT EXISTS resumed_from_rows     BIGINT,
+    ADD COLUMN IF NOT EXISTS checkpoint_last_key   JSONB;
 
 -- The claim's scan: the oldest waiting (or abandoned) jobs first.
 CREATE INDEX IF NOT EXISTS export_jobs_queue_idx ON export_jobs (created_at)

@@ -84,6 +84,8 @@ class Settings:
     checkpoint_interval: float = 5.0
     # With --workers: worker i answers /health and /metrics on 127.0.0.1:(this + i).
     worker_metrics_port: int | None = None
+    # The datasets file (TOML) naming what can be exported; None: the seed's users table.
+    datasets_file: Path | None = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -117,6 +119,7 @@ class Settings:
             max_attempts=integer("MAX_ATTEMPTS", defaults.max_attempts, 1),
             checkpoint_interval=seconds("CHECKPOINT_INTERVAL", defaults.checkpoint_interval),
             worker_metrics_port=integer("WORKER_METRICS_PORT", 0, 1) or None,
+            datasets_file=_path(read.text("EXPORTER_DATASETS")),
         )
 
     @property
@@ -181,6 +184,10 @@ class _Environment:
         if raw not in choices:
             raise SettingsError(f"{name} must be one of {', '.join(choices)}, got {raw!r}")
         return raw
+
+
+def _path(raw: str | None) -> Path | None:
+    return None if raw is None else Path(raw)
 
 
 def _is_bucket(where: str) -> bool:

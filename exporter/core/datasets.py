@@ -46,6 +46,7 @@ __all__ = [
     "DatasetProblem",
     "DatasetSpec",
     "Datasets",
+    "declared_datasets",
     "load_datasets_file",
     "operators_for",
     "parse_datasets",
@@ -161,6 +162,7 @@ class Dataset:
     params: Mapping[str, Column] = dataclasses.field(default_factory=dict)
     key_columns: tuple[Column, ...] = ()
     ranged: bool = True
+    query: str | None = None  # a saved query's text, its parameters %(name)s
 
     def column(self, name: str) -> Column | None:
         """The exposed column of this name, if there is one."""
@@ -339,3 +341,8 @@ def load_datasets_file(path: Path) -> list[DatasetSpec]:
     except tomllib.TOMLDecodeError as error:
         raise DatasetError([DatasetProblem(file, None, None, f"not valid TOML: {error}")]) from None
     return parse_datasets(document, file)
+
+
+def declared_datasets(path: Path | None) -> list[DatasetSpec]:
+    """The datasets of the file at ``path``, or without one the built-in ``users``."""
+    return [USERS] if path is None else load_datasets_file(path)

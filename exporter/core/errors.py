@@ -6,12 +6,14 @@ The whole hierarchy, in one place::
     ├── SettingsError          an environment variable holds a value the service cannot use
     ├── RequestInvalid         an export request was rejected (400, every wrong parameter)
     ├── ExportNotFound         no export has this id (404)
+    ├── DatasetNotFound        no dataset has this name (404)
     ├── QueueFull              too many exports wait already, in every process (429)
     ├── QueueError             a statement of the job queue failed (500)
     │   └── QueueUnavailable   the job database cannot be reached (503)
     │       └── NotReady       ... or has not been reached since the start (503)
     ├── CannotResume           a partial file is not what its checkpoint says (never answered:
     │                          the job starts over)
+    ├── TooManyRows            an export passed its dataset's max_rows (the export's error)
     └── ExportStoreError       the export store failed or refused (503; an export's error)
 
 ``ANSWERS`` is the one table from error to HTTP answer; ``exporter.http.app`` reads it and
@@ -27,6 +29,7 @@ __all__ = [
     "ANSWERS",
     "Answer",
     "CannotResume",
+    "DatasetNotFound",
     "ExportNotFound",
     "ExportStoreError",
     "ExporterError",
@@ -37,6 +40,7 @@ __all__ = [
     "QueueUnavailable",
     "RequestInvalid",
     "SettingsError",
+    "TooManyRows",
     "answer_for",
 ]
 
@@ -72,6 +76,13 @@ class ExportNotFound(ExporterError):
         super().__init__(f"there is no export with id {str(export_id)!r}")
 
 
+class DatasetNotFound(ExporterError):
+    """No dataset of this name is declared."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(f"there is no dataset {name[:60]!r}; GET /datasets lists them")
+
+
 class QueueFull(ExporterError):
     """``MAX_QUEUED_EXPORTS`` jobs wait already, in all the processes together."""
 
@@ -96,6 +107,17 @@ class CannotResume(ExporterError):
     """An earlier attempt's partial file is missing or shorter than its checkpoint says."""
 
 
+class TooManyRows(ExporterError):
+    """An export holds more rows than its dataset's ``max_rows``."""
+
+    def __init__(self, max_rows: int) -> None:
+        super().__init__(
+            f"the export has more than {max_rows:,} rows, the most its dataset allows;"
+            " narrow it with filters"
+        )
+        self.max_rows = max_rows
+
+
 class ExportStoreError(ExporterError, OSError):
     """The export store failed or refused; the message is a sentence naming the store."""
 
@@ -114,6 +136,7 @@ class Answer:
 ANSWERS: dict[type[ExporterError], Answer] = {
     RequestInvalid: Answer(400, "Invalid export request"),
     ExportNotFound: Answer(404, "Export not found"),
+    DatasetNotFound: Answer(404, "Dataset not found"),
     QueueFull: Answer(429, "Too many exports queued", retry_later=True),
     # The driver's message may name hosts and users: the client gets a sentence instead.
     QueueUnavailable: Answer(

@@ -36,22 +36,23 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 import trio_asyncio  # noqa: F401  (before psycopg: see exporter.jobs.postgres_queue)
-import psycopg
 import trio
 
+from exporter.core.datasets import USERS, Dataset, DatasetError, DatasetProblem, Datasets
+from exporter.core.errors import TooManyRows
 from exporter.core.model import Checkpoint, ExportRequest, Progress
 from exporter.export.connection import open_text_connection
 from exporter.export.csvfmt import Dialect
 from exporter.export.outputs import CsvOutput, GzipOutput, Outputs
-from exporter.export.query import IdRange, export_select
+from exporter.export.query import KeyRange, count_select, export_select
 from exporter.export.rows import (
+    MAX_RANGE_SCALE,
     RANGE_BATCHES,
     Batch,
+    KeyRanges,
     RowSource,
     batch_size,
     estimate_rows,
-    id_ranges,
-    max_id,
 )
 from exporter.export.threads import background, run_cancellable
 from exporter.storage.base import ExportStorage
@@ -72,7 +73,9 @@ class PipelineOptions:
     ``batch_rows``: rows per FETCH (and per COPY block); ``channel_batches``: batches the
     rows channel holds; ``gzip_exports``: make the gzip copy; ``row_source``: ``cursor`` or
     ``copy``; ``checkpoint_interval``: seconds between checkpoints; ``keep_partial``: an
-    export that does not complete keeps its files for a later attempt.
+    export that does not complete keeps its files for a later attempt; ``datasets``: what
+    can be exported (the service resolves them once at its start; without them the
+    built-in ``users`` is resolved for each export).
     """
 
     batch_rows: int = 10_000
@@ -81,6 +84,7 @@ class PipelineOptions:
     row_source: str = "cursor"
     checkpoint_interval: float = 5.0
     keep_partial: bool = False
+    datasets: Datasets = dataclasses.field(default_factory=dict)
 
     @classmethod
     def from_settings(cls, settings: Settings, **changes: Any) -> PipelineOptions:
@@ -91,9 +95,10 @@ class PipelineOptions:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class RangeEnd:
-    """Every row with ``id <= last_id`` has gone before this mark: a checkpoint may go here."""
+    """Every row with a key up to ``last_key`` has gone before this mark: a checkpoint
+    may go here."""
 
-    last_id: int
+    last_key: tuple[str, ...]
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -101,7 +106,7 @@ class CheckpointMark:
     """A checkpoint on its way to the compressor: the CSV part of it is durable already."""
 
     rows: int
-    last_id: int
+    last_key: tuple[str, ...]
     csv_bytes: int
 
 
@@ -113,28 +118,40 @@ OnCheckpoint = Callable[[Checkpoint], Awaitable[None]]
 
 async def read_batches(
     source: RowSource,
-    ranges: list[IdRange],
+    ranges: KeyRanges,
+    after: tuple[str, ...] | None,
     send_rows: trio.MemorySendChannel[RowItem],
     *,
     progress: Progress,
+    max_rows: int | None = None,
 ) -> None:
-    """The reader: for each range of ids, fetch its batches in a worker thread and send
-    them, then a ``RangeEnd``.
+    """The reader: for each range of the key after ``after``, fetch its batches in a
+    worker thread and send them, then a ``RangeEnd``. Raises ``TooManyRows`` once more
+    than ``max_rows`` rows were read.
 
     ``send`` waits while the channel is full: that wait is the backpressure, and while it
     lasts nothing more is fetched.
     """
+    rows = progress.processed_rows
     async with send_rows:
-        for ids in ranges:
-            fetch = await source.open(ids)
+        while True:
+            up_to = await run_cancellable(ranges.end_after, after, cancel=source.conn.cancel_safe)
+            fetch = await source.open(KeyRange(after, up_to))
             while True:
                 batch = await run_cancellable(background(fetch), cancel=source.cancel)
-                if batch_size(batch) == 0:
+                size = batch_size(batch)
+                if size == 0:
                     break
+                rows += size
+                if max_rows is not None and rows > max_rows:
+                    raise TooManyRows(max_rows)
                 progress.batches_fetched += 1
                 await send_rows.send(batch)
                 del batch  # the writer's thread frees it (see write_batches)
-            await send_rows.send(RangeEnd(ids.up_to))
+            if up_to is None:
+                return
+            await send_rows.send(RangeEnd(up_to))
+            after = up_to
 
 
 @dataclasses.dataclass(slots=True)
@@ -172,12 +189,12 @@ async def write_batches(
                     if csv_bytes is None:
                         continue  # not yet (an object store's part is not full): next range end
                     checkpoints.last = time.monotonic()
-                    mark = CheckpointMark(progress.processed_rows, item.last_id, csv_bytes)
+                    mark = CheckpointMark(progress.processed_rows, item.last_key, csv_bytes)
                     if send_csv is not None:
                         await send_csv.send(mark)
                     elif checkpoints.record is not None:
                         await checkpoints.record(
-                            Checkpoint(mark.rows, mark.last_id, mark.csv_bytes, 0)
+                            Checkpoint(mark.rows, csv_bytes=mark.csv_bytes, last_key=mark.last_key)
                         )
                 continue
             rows = batch_size(item)
@@ -205,7 +222,13 @@ async def compress(
             if isinstance(item, CheckpointMark):
                 gzip_bytes = await trio.to_thread.run_sync(gz.checkpoint)
                 if record is not None and gzip_bytes is not None:
-                    done = Checkpoint(item.rows, item.last_id, item.csv_bytes, gzip_bytes, gz.crc)
+                    done = Checkpoint(
+                        item.rows,
+                        csv_bytes=item.csv_bytes,
+                        gzip_bytes=gzip_bytes,
+                        gzip_crc=gz.crc,
+                        last_key=item.last_key,
+                    )
                     await record(done)
             else:
                 await trio.to_thread.run_sync(background(gz.write), item)
@@ -223,17 +246,22 @@ async def export_csv(
     resume: Checkpoint | None = None,
     on_checkpoint: OnCheckpoint | None = None,
 ) -> int:
-    """Export ``request`` into ``storage`` as the export ``export_id``; returns the CSV's size.
+    """Export ``request`` (of one of ``options.datasets``) into ``storage`` as the export
+    ``export_id``; returns the CSV's size.
 
     ``progress`` is kept up to date as rows are written. ``options.row_source``: ``cursor``
     (a server-side cursor, values encoded here) or ``copy`` (``COPY … TO STDOUT`` writes
     the CSV lines): the same bytes. Every ``options.checkpoint_interval`` seconds (at a
     range's end) the files are made durable and ``on_checkpoint`` told how far;
     ``resume`` continues from such a checkpoint. Raises ``CannotResume`` if its files are
-    not there, and whatever the database or the export store raised; on any failure the
+    not there, ``TooManyRows`` past the dataset's ``max_rows``, and whatever the database
+    or the export store raised; on any failure the
     partial files are removed (kept with ``options.keep_partial``).
     """
+    dataset = await _dataset(conninfo, request, options)
     row_source = options.row_source
+    if not dataset.ranged:
+        row_source = "cursor"  # one statement: COPY would gain nothing it can checkpoint
     if request.neutralize_formulas:
         row_source = "cursor"  # COPY's lines would have to be parsed again to change them
     dialect = Dialect.of(request.delimiter, request.quote_char, request.neutralize_formulas)
@@ -242,6 +270,7 @@ async def export_csv(
     conn = await trio.to_thread.run_sync(open_text_connection, conninfo, application_name)
     source = RowSource(
         conn,
+        dataset,
         request,
         row_source,
         options.batch_rows,
@@ -249,10 +278,11 @@ async def export_csv(
         application_name=application_name,
     )
     try:
-        ranges, header = await _begin(conn, request, outputs, resume, options, progress)
+        ranges, header = await _begin(source, outputs, resume, options, progress)
         await _copy_rows(
             source,
             ranges,
+            None if resume is None else resume.last_key,
             outputs,
             header,
             channel_batches=options.channel_batches,
@@ -271,33 +301,57 @@ async def export_csv(
                 await trio.to_thread.run_sync(conn.close)
 
 
+async def _dataset(conninfo: str, request: ExportRequest, options: PipelineOptions) -> Dataset:
+    """The request's dataset, resolved (``DatasetError`` if it is not declared)."""
+    dataset = options.datasets.get(request.dataset)
+    if dataset is not None:
+        return dataset
+    if request.dataset == USERS.name and not options.datasets:
+        from exporter.export.catalog import resolve_datasets
+
+        return (await trio.to_thread.run_sync(resolve_datasets, conninfo, [USERS]))[USERS.name]
+    problem = DatasetProblem("(the datasets)", request.dataset, None, "is not declared")
+    raise DatasetError([problem])
+
+
 async def _begin(
-    conn: psycopg.Connection[Any],
-    request: ExportRequest,
+    source: RowSource,
     outputs: Outputs,
     resume: Checkpoint | None,
     options: PipelineOptions,
     progress: Progress,
-) -> tuple[list[IdRange], bytes]:
-    """The estimate, the ranges to read and the files opened (or continued at ``resume``);
-    returns the ranges and the header written."""
-    progress.total_rows = await run_cancellable(
-        estimate_rows, conn, export_select(request), cancel=conn.cancel_safe
+) -> tuple[KeyRanges, bytes]:
+    """The estimate, the plan of the ranges and the files opened (or continued at
+    ``resume``); returns the plan and the header written."""
+    conn, dataset, request = source.conn, source.dataset, source.request
+    progress.total_rows = filtered = await run_cancellable(
+        estimate_rows,
+        conn,
+        export_select(dataset, request, source.source),
+        cancel=conn.cancel_safe,
     )
-    # One snapshot for every range: the ranges read the table as it was at the start.
-    last_id = await run_cancellable(max_id, conn, cancel=conn.cancel_safe)
+    stride = options.batch_rows * RANGE_BATCHES
+    if request.all_filters:
+        # A range spans as many keys as hold about `stride` of the export's own rows.
+        every = await run_cancellable(
+            estimate_rows,
+            conn,
+            count_select(dataset, request, source.source),
+            cancel=conn.cancel_safe,
+        )
+        stride = int(stride * min(max(every, 1) / max(filtered, 1), MAX_RANGE_SCALE))
     header = await trio.to_thread.run_sync(outputs.open, request.columns, resume)
     progress.bytes_written = len(header)
     if resume is not None:
         progress.processed_rows, progress.bytes_written = resume.rows, resume.csv_bytes
     progress.started_at = time.monotonic()
-    first = 0 if resume is None else resume.last_id
-    return id_ranges(first, last_id, options.batch_rows * RANGE_BATCHES), header
+    return KeyRanges(conn, dataset, source.source, stride), header
 
 
 async def _copy_rows(
     source: RowSource,
-    ranges: list[IdRange],
+    ranges: KeyRanges,
+    after: tuple[str, ...] | None,
     outputs: Outputs,
     header: bytes,
     *,
@@ -315,9 +369,8 @@ async def _copy_rows(
             if header:
                 send_csv.send_nowait(header)  # the gzip copy begins with it too
             nursery.start_soon(compress, receive_csv, gz, checkpoints.record)
-        nursery.start_soon(
-            functools.partial(read_batches, progress=progress), source, ranges, send_rows
-        )
+        read = functools.partial(read_batches, progress=progress, max_rows=source.dataset.max_rows)
+        nursery.start_soon(read, source, ranges, after, send_rows)
         nursery.start_soon(
             functools.partial(write_batches, progress=progress),
             receive_rows,

@@ -1,87 +1,170 @@
-"""The SELECT of an export, composed from typed psycopg pieces: pure, no I/O.
+"""The statements of an export, composed from typed psycopg pieces: no I/O.
 
-Column names come only from ``model.USER_COLUMNS`` (as ``sql.Identifier``) and filter
-values travel as parameters, or, where a statement cannot take any (COPY), as literals
-quoted by psycopg (``sql.Literal``): no request text is ever pasted into SQL as it came.
+Column names come only from the resolved dataset (as ``sql.Identifier``), types from the
+catalog, and every value a request brings is a literal quoted by psycopg
+(``sql.Literal``) and cast to its column's type: no request text is ever pasted into SQL
+as it came. Values are literals rather than parameters so that one statement serves both
+row sources (a cursor's query, and COPY, which takes no parameters).
+
+An export reads its rows in key order, in ranges of the key (``KeyRange``): each range a
+statement ``… WHERE <filters> AND key > after AND key <= up_to ORDER BY key`` (a row
+comparison for a key of several columns), so that a checkpoint can say "every row up to
+this key is written" and a later attempt can continue after it. ``boundary_select`` finds
+where a range of about ``stride`` rows ends.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
+from typing import Any
 
+import psycopg
 from psycopg import sql
 
-from exporter.core.model import USER_COLUMNS, ExportRequest
+from exporter.core.datasets import Column, Dataset
+from exporter.core.model import ExportRequest, Filter
 
-__all__ = ["IdRange", "Select", "copy_of", "copy_statement", "export_select"]
+__all__ = [
+    "QUERY_ALIAS",
+    "KeyRange",
+    "boundary_select",
+    "copy_of",
+    "copy_statement",
+    "count_select",
+    "export_select",
+    "from_item",
+    "render_query",
+]
 
-Params = dict[str, str | int]
-# A statement and the values of its placeholders.
-Select = tuple[sql.Composed, Params]
+# The alias of a saved query in the statements built around it.
+QUERY_ALIAS = "q"
+_COMPARISONS = {"eq": "=", "neq": "<>", "gt": ">", "gte": ">=", "lt": "<", "lte": "<="}
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
-class IdRange:
-    """The users with ``after < id <= up_to``."""
+class KeyRange:
+    """The rows with ``after < key <= up_to``, each bound the key's values as text (None:
+    no bound on that side)."""
 
-    after: int
-    up_to: int
+    after: tuple[str, ...] | None = None
+    up_to: tuple[str, ...] | None = None
+
+
+def from_item(conn: psycopg.Connection[Any], dataset: Dataset, request: ExportRequest) -> sql.SQL:
+    """The statement's FROM item: the table or view, or the saved query with the request's
+    parameters written in as literals (psycopg's quoting; ``conn`` only lends its
+    encoding, nothing is sent)."""
+    if dataset.query is None:
+        return sql.SQL(dataset.sql_source)
+    text = render_query(conn, dataset.query, dict(request.params))
+    return sql.SQL(f"({text}) AS {QUERY_ALIAS}")
+
+
+def render_query(conn: psycopg.Connection[Any], query: str, params: dict[str, Any]) -> str:
+    """A saved query with its parameters written in as literals (psycopg's own quoting),
+    so that it runs where parameters cannot go (COPY) as it runs everywhere else."""
+    return psycopg.ClientCursor(conn).mogrify(query, params)
+
+
+def _typed(value: str, column: Column) -> sql.Composed:
+    return sql.SQL("{}::{}").format(sql.Literal(value), sql.SQL(column.cast))
+
+
+def _condition(f: Filter, column: Column) -> sql.Composable:
+    name = sql.Identifier(f.column)
+    if f.operator == "is":
+        word = {"null": "NULL", "not_null": "NOT NULL", "true": "TRUE", "false": "FALSE"}
+        condition: sql.Composable = sql.SQL("{} IS {}").format(name, sql.SQL(word[str(f.value)]))
+    elif f.operator == "in":
+        values = sql.SQL(", ").join(_typed(v, column) for v in f.value)
+        condition = sql.SQL("{} IN ({})").format(name, values)
+    elif f.operator in ("like", "ilike"):
+        # PostgREST's * stands for %, as a query string makes % awkward to write.
+        pattern = str(f.value).replace("*", "%")
+        operator = sql.SQL("LIKE" if f.operator == "like" else "ILIKE")
+        condition = sql.SQL("{} {} {}").format(name, operator, sql.Literal(pattern))
+    else:
+        operator = sql.SQL(_COMPARISONS[f.operator])
+        condition = sql.SQL("{} {} {}").format(name, operator, _typed(str(f.value), column))
+    return sql.SQL("NOT ({})").format(condition) if f.negated else condition
+
+
+def _key_comparison(dataset: Dataset, operator: str, values: Sequence[str]) -> sql.Composable:
+    """``key > value`` or, for a key of several columns, ``(k1, k2) > (v1, v2)``: the
+    row comparison a B-tree index on the key answers directly."""
+    names = [sql.Identifier(k) for k in dataset.key]
+    typed = [_typed(v, c) for v, c in zip(values, dataset.key_columns, strict=True)]
+    if len(names) == 1:
+        return sql.SQL("{} {} {}").format(names[0], sql.SQL(operator), typed[0])
+    return sql.SQL("({}) {} ({})").format(
+        sql.SQL(", ").join(names), sql.SQL(operator), sql.SQL(", ").join(typed)
+    )
+
+
+def _where(dataset: Dataset, request: ExportRequest, keys: KeyRange | None) -> sql.Composable:
+    conditions: list[sql.Composable] = []
+    for f in request.all_filters:
+        column = dataset.column(f.column)
+        if column is None:  # validated already; this guards the SQL boundary
+            raise ValueError(f"column {f.column!r} is not exposed")
+        conditions.append(_condition(f, column))
+    if keys is not None and keys.after is not None:
+        conditions.append(_key_comparison(dataset, ">", keys.after))
+    if keys is not None and keys.up_to is not None:
+        conditions.append(_key_comparison(dataset, "<=", keys.up_to))
+    if not conditions:
+        return sql.SQL("")
+    return sql.SQL(" WHERE ") + sql.SQL(" AND ").join(conditions)
+
+
+def _order(dataset: Dataset) -> sql.Composable:
+    return sql.SQL(", ").join(sql.Identifier(k) for k in dataset.key)
 
 
 def export_select(
-    request: ExportRequest, *, inline: bool = False, ids: IdRange | None = None
-) -> Select:
-    """The export's SELECT and its parameters.
+    dataset: Dataset,
+    request: ExportRequest,
+    source: sql.Composable,
+    keys: KeyRange | None = None,
+) -> sql.Composed:
+    """``SELECT <columns> FROM <source> WHERE <filters> [and the range] ORDER BY <key>``.
 
-    ``inline``: filter values as quoted literals (``sql.Literal``, psycopg's own quoting)
-    instead of parameters, for a statement sent where parameters cannot go (COPY through
-    libpq directly); the parameters returned are then empty.
-
-    ``ids``: only rows with ``after < id <= up_to``. An export reads its rows in such
-    ranges, one after another, so that it can say "every row up to this id is written"
-    (its checkpoints) and a later attempt can continue after it.
-
-    Rows come in ``id`` order: a stable order users expect, and the one the COPY oracle
+    Rows come in key order: a stable order users expect, and the one the COPY oracle
     reproduces exactly (a plain sequential scan may start mid-table when another scan of
     the same table is running: ``synchronize_seqscans``).
     """
-    for column in request.columns:
-        if column not in USER_COLUMNS:  # validated already; this guards the SQL boundary
-            raise ValueError(f"column {column!r} is not exportable")
-    conditions: list[sql.Composable] = []
-    params: Params = {}
-    filters: list[tuple[str, str, str | int | None]] = [
-        ("country_code", "=", request.country_code),
-        ("subscription_tier", "=", request.subscription_tier),
-    ]
-    if ids is not None:
-        filters += [("id", ">", ids.after), ("id", "<=", ids.up_to)]
-    for number, (column, operator, value) in enumerate(filters):
-        if value is None:
-            continue
-        name = f"p{number}"
-        condition = sql.SQL(f"{{}} {operator} {{}}")
-        if inline:
-            conditions.append(condition.format(sql.Identifier(column), sql.Literal(value)))
-        else:
-            conditions.append(condition.format(sql.Identifier(column), sql.Placeholder(name)))
-            params[name] = value
-    where = sql.SQL(" WHERE ") + sql.SQL(" AND ").join(conditions) if conditions else sql.SQL("")
-    query = sql.SQL("SELECT {columns} FROM users{where} ORDER BY id").format(
+    for name in request.columns:
+        if dataset.column(name) is None:  # validated already; this guards the SQL boundary
+            raise ValueError(f"column {name!r} is not exposed")
+    return sql.SQL("SELECT {columns} FROM {source}{where} ORDER BY {order}").format(
         columns=sql.SQL(", ").join(sql.Identifier(c) for c in request.columns),
-        where=where,
+        source=source,
+        where=_where(dataset, request, keys),
+        order=_order(dataset),
     )
-    return query, params
 
 
-def copy_statement(request: ExportRequest, *, header: bool = True, inline: bool = False) -> Select:
-    """``COPY (<the export's SELECT>) TO STDOUT`` in the request's CSV dialect.
+def count_select(dataset: Dataset, request: ExportRequest, source: sql.Composable) -> sql.Composed:
+    """The rows of ``source`` (all, unfiltered): what the planner estimates to scale the
+    ranges of a filtered export."""
+    empty = dataclasses.replace(request, filters=(), country_code=None, subscription_tier=None)
+    return sql.SQL("SELECT 1 FROM {source}{where}").format(
+        source=source, where=_where(dataset, empty, None)
+    )
 
-    What PostgreSQL itself writes for this statement is the byte-for-byte oracle of an
-    export's file; tests and the benchmarks' baseline use it.
-    """
-    select, params = export_select(request, inline=inline)
-    return copy_of(select, request, header=header), params
+
+def boundary_select(
+    dataset: Dataset, source: sql.Composable, after: tuple[str, ...] | None, stride: int
+) -> sql.Composed:
+    """The key of the ``stride``-th row after ``after`` (unfiltered: for a table, an
+    index-only scan of the key), where a range ends; no row if fewer are left."""
+    where: sql.Composable = sql.SQL("")
+    if after is not None:
+        where = sql.SQL(" WHERE ") + _key_comparison(dataset, ">", after)
+    return sql.SQL("SELECT {key} FROM {source}{where} ORDER BY {key} OFFSET {skip} LIMIT 1").format(
+        key=_order(dataset), source=source, where=where, skip=sql.Literal(max(stride - 1, 0))
+    )
 
 
 def copy_of(select: sql.Composable, request: ExportRequest, *, header: bool) -> sql.Composed:
@@ -95,3 +178,15 @@ def copy_of(select: sql.Composable, request: ExportRequest, *, header: bool) -> 
         d=sql.Literal(request.delimiter),
         q=sql.Literal(request.quote_char),
     )
+
+
+def copy_statement(
+    conn: psycopg.Connection[Any], dataset: Dataset, request: ExportRequest, *, header: bool = True
+) -> sql.Composed:
+    """``COPY (<the export's SELECT>) TO STDOUT`` in the request's CSV dialect, all of it.
+
+    What PostgreSQL itself writes for this statement is the byte-for-byte oracle of an
+    export's file; tests and the benchmarks' baseline use it.
+    """
+    select = export_select(dataset, request, from_item(conn, dataset, request))
+    return copy_of(select, request, header=header)

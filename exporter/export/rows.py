@@ -1,8 +1,11 @@
-"""Where an export's rows come from: ranges of ids, read by a server-side cursor or COPY.
+"""Where an export's rows come from: ranges of the key, read by a server-side cursor or COPY.
 
-The rows are read in ranges of ids, in order (``id_ranges``), one query per range in the
-export's one transaction, so that a checkpoint can say "every row up to this id is
-written" and a later attempt can continue after it. ``RowSource`` opens each range's
+The rows are read in ranges of the dataset's key, in order, one query per range in the
+export's one transaction, so that a checkpoint can say "every row up to this key is
+written" and a later attempt can continue after it. ``KeyRanges`` plans them: each ends
+where a boundary query finds the key ``stride`` rows on (for a table, an index-only scan
+of the key, much cheaper than reading the rows), so the plan is a list of bounds that
+could as well be read by several connections at once. ``RowSource`` opens each range's
 query and hands back the blocking call that reads its next batch: a cursor's rows, to be
 encoded, or a ``CopyBlock`` that PostgreSQL's COPY wrote already.
 """
@@ -17,30 +20,34 @@ from typing import TYPE_CHECKING, Any
 
 import trio_asyncio  # noqa: F401  (before psycopg: see exporter.jobs.postgres_queue)
 import psycopg
+from psycopg import sql
 
+from exporter.core.datasets import Dataset
 from exporter.core.model import ExportRequest
 from exporter.export.csvfmt import Row
-from exporter.export.query import IdRange, Select, export_select
+from exporter.export.query import KeyRange, boundary_select, export_select, from_item
 from exporter.export.threads import run_cancellable
 
 if TYPE_CHECKING:
     from exporter.export.copy_reader import CopyReader
 
 __all__ = [
+    "MAX_RANGE_SCALE",
     "RANGE_BATCHES",
     "Batch",
     "CopyBlock",
+    "KeyRanges",
     "RowSource",
     "batch_size",
     "estimate_rows",
-    "id_ranges",
-    "max_id",
 ]
 
-# Ids per query, in batches: the rows are read in ranges of ids, in order, so that a
-# checkpoint can say "every row up to this id is written" (at the default BATCH_ROWS, 500,000
-# ids: about two seconds of a full export).
+# Rows per range, in batches (at the default BATCH_ROWS, 500,000 rows: about two seconds
+# of a full export), between checkpoints.
 RANGE_BATCHES = 50
+# A filtered export's ranges span more keys, so that each still holds about a range's
+# rows; but never more than this many times as many (an estimate may be far off).
+MAX_RANGE_SCALE = 64
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -61,30 +68,47 @@ def batch_size(batch: Batch) -> int:
     return batch.rows if isinstance(batch, CopyBlock) else len(batch)
 
 
-def estimate_rows(conn: psycopg.Connection[Any], select: Select) -> int:
-    """The planner's row estimate for the export: free, and exact enough for a progress bar."""
-    query, params = select
-    row = conn.execute(psycopg.sql.SQL("EXPLAIN (FORMAT JSON) {}").format(query), params).fetchone()
+def estimate_rows(conn: psycopg.Connection[Any], select: sql.Composable) -> int:
+    """The planner's row estimate for a statement: free, and exact enough for a progress
+    bar (and for scaling a filtered export's ranges)."""
+    statement = sql.SQL("EXPLAIN (FORMAT JSON) {}").format(select)
+    row = conn.execute(statement).fetchone()
     assert row is not None
-    plan = json.loads(row[0])
+    raw = row[0]
+    plan = json.loads(raw if isinstance(raw, (str, bytes)) else json.dumps(raw))
     return int(plan[0]["Plan"]["Plan Rows"])
 
 
-def max_id(conn: psycopg.Connection[Any]) -> int:
-    """The highest id of ``users`` in the connection's snapshot (0 for none): where the
-    ranges end."""
-    row = conn.execute("SELECT coalesce(max(id), 0) FROM users").fetchone()
-    assert row is not None
-    return int(row[0])
+class KeyRanges:
+    """The ranges of an export, planned one at a time from where the last one ended.
 
+    ``stride``: the rows of the dataset (unfiltered) a range spans. A dataset whose key
+    order needs a sort of everything (``Dataset.ranged`` false) is one range.
+    """
 
-def id_ranges(after: int, last: int, step: int) -> list[IdRange]:
-    """``after < id <= last`` in consecutive ranges of ``step`` ids."""
-    return [IdRange(low, min(low + step, last)) for low in range(after, last, step)]
+    def __init__(
+        self,
+        conn: psycopg.Connection[Any],
+        dataset: Dataset,
+        source: sql.Composable,
+        stride: int,
+    ) -> None:
+        self.conn, self.dataset, self.source, self.stride = conn, dataset, source, stride
+
+    def end_after(self, after: tuple[str, ...] | None) -> tuple[str, ...] | None:
+        """Where the range that starts after ``after`` ends (None: at the last row).
+        Blocking: it asks the database."""
+        if not self.dataset.ranged:
+            return None
+        statement = boundary_select(self.dataset, self.source, after, self.stride)
+        row = self.conn.execute(statement).fetchone()
+        if row is None:
+            return None
+        return tuple(v.decode() if isinstance(v, bytes) else str(v) for v in row)
 
 
 class RowSource:
-    """The export's rows, one range of ids at a time, from a server-side cursor or COPY.
+    """The export's rows, one range of the key at a time, from a server-side cursor or COPY.
 
     The cursor reads on the export's connection. COPY is read by a ``CopyReader`` (asyncpg,
     on a connection of its own in the export's snapshot), started with the first range;
@@ -94,6 +118,7 @@ class RowSource:
     def __init__(
         self,
         conn: psycopg.Connection[Any],
+        dataset: Dataset,
         request: ExportRequest,
         row_source: str,
         batch_rows: int,
@@ -102,20 +127,18 @@ class RowSource:
         application_name: str,
     ) -> None:
         self.conn, self.request, self.copy = conn, request, row_source == "copy"
+        self.dataset, self.source = dataset, from_item(conn, dataset, request)
         self.batch_rows = batch_rows
         self.conninfo, self.application_name = conninfo, application_name
         self.cancel: Callable[[], None] = conn.cancel_safe
-        # The cursor's statement is built once; COPY takes no parameters, so its bounds
-        # are written into each range's statement.
-        self.select = export_select(request, ids=IdRange(0, 0))[0]
         self._cursor: psycopg.ServerCursor[Any] | None = None
         self._reader: CopyReader | None = None
 
-    async def open(self, ids: IdRange) -> Callable[[], Batch]:
+    async def open(self, keys: KeyRange) -> Callable[[], Batch]:
         """Start the range's query; returns the blocking call that reads its next batch."""
+        select = export_select(self.dataset, self.request, self.source, keys)
         if self.copy:
             reader = self._reader or await self._start_reader()
-            select, _ = export_select(self.request, inline=True, ids=ids)
             reader.open(
                 select.as_string(self.conn), self.request.delimiter, self.request.quote_char
             )
@@ -127,9 +150,8 @@ class RowSource:
             return read_block
         if self._cursor is not None:
             await run_cancellable(self._cursor.close, cancel=self.cancel)
-        params = {**export_select(self.request, ids=ids)[1]}
         self._cursor = cursor = self.conn.cursor(name="export")
-        await run_cancellable(cursor.execute, self.select, params, cancel=self.cancel)
+        await run_cancellable(cursor.execute, select, cancel=self.cancel)
         return functools.partial(cursor.fetchmany, self.batch_rows)
 
     async def _start_reader(self) -> CopyReader:

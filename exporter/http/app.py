@@ -17,12 +17,14 @@ from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
 from exporter.core.config import Settings
+from exporter.core.datasets import declared_datasets
 from exporter.core.errors import ExporterError, RequestInvalid, answer_for
 from exporter.core.metrics import Metrics
+from exporter.export.catalog import DatasetCatalog
 from exporter.http.download import HTTPConnection
 from exporter.http.health import health_fast_path
 from exporter.http.problems import problem, retry_later, validation_problem
-from exporter.http.routes import ExportIdConverter, Services, routes
+from exporter.http.routes import ExportIdConverter, Services, add_dataset_routes, routes
 from exporter.jobs.manager import JobManager
 from exporter.jobs.postgres_queue import PostgresQueue
 from exporter.storage import open_storage
@@ -35,9 +37,12 @@ log = logging.getLogger(__name__)
 MAX_BODY_BYTES = 64 * 1024
 
 
-def create_app(settings: Settings, conninfo: str) -> QuartTrio:
+def create_app(
+    settings: Settings, conninfo: str, datasets: DatasetCatalog | None = None
+) -> QuartTrio:
     """The Quart-Trio app for ``settings``, its job queue in the database ``conninfo``
-    names; its serving lifespan runs the job manager."""
+    names; its serving lifespan runs the job manager. ``datasets``: what it exports
+    (default: those ``settings`` declare, resolved once the database answers)."""
     app = QuartTrio(__name__)
     app.asgi_http_class = HTTPConnection
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
@@ -49,10 +54,13 @@ def create_app(settings: Settings, conninfo: str) -> QuartTrio:
     # With workers, they run the exports: this process serves the API only.
     job_settings = settings.replace(max_concurrent_exports=0) if settings.workers else settings
     storage = open_storage(settings.storage)
-    jobs = JobManager(job_settings, conninfo, PostgresQueue(conninfo), storage)
+    if datasets is None:
+        datasets = DatasetCatalog(conninfo, declared_datasets(settings.datasets_file))
+    jobs = JobManager(job_settings, conninfo, PostgresQueue(conninfo), storage, datasets=datasets)
     metrics = jobs.metrics = Metrics(jobs.counts, jobs.global_counts)
     app.extensions["exporter"] = Services(settings, jobs, metrics)
     app.register_blueprint(routes)
+    add_dataset_routes(app, [spec.name for spec in datasets.specs])
     _add_error_handlers(app)
     if settings.api_token is not None:
         app.before_request(_bearer_token_check(settings.api_token))
@@ -97,11 +105,11 @@ def _add_error_handlers(app: QuartTrio) -> None:
 
 
 def _bearer_token_check(api_token: str) -> Callable[[], Awaitable[Response | None]]:
-    """Every ``/exports`` route needs ``Authorization: Bearer <api_token>``."""
+    """Every ``/exports`` and ``/datasets`` route needs ``Authorization: Bearer <api_token>``."""
     token = api_token.encode()
 
     async def authenticate() -> Response | None:
-        if not request.path.startswith("/exports"):
+        if not request.path.startswith(("/exports", "/datasets")):
             return None  # /health, /ready, /metrics and /openapi.json stay open
         scheme, _, given = request.headers.get("Authorization", "").partition(" ")
         # compare_digest: the time taken says nothing about how much of a guess was right.

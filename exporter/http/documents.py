@@ -81,6 +81,8 @@ def status_document(view: JobView) -> dict[str, Any]:
             "etaSeconds": _eta(view),
         },
         "request": record.request.to_json(),
+        "dataset": record.request.dataset,
+        "filters": [str(f) for f in record.request.all_filters],
         "error": record.error,
         "createdAt": _iso(record.created_at),
         "startedAt": _iso(record.started_at),

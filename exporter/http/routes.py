@@ -19,18 +19,21 @@ from quart import Blueprint, Response, current_app, request
 from werkzeug.routing import BaseConverter, ValidationError
 
 from exporter.core.config import Settings
+from exporter.core.datasets import Dataset
 from exporter.core.errors import (
+    DatasetNotFound,
     ExportNotFound,
     ExportStoreError,
     FieldError,
+    NotReady,
     QueueUnavailable,
     RequestInvalid,
 )
 from exporter.core.files import UUID_PATTERN
 from exporter.core.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from exporter.core.metrics import Metrics
-from exporter.core.model import ExportStatus, JobView
-from exporter.core.request import parse_export_request
+from exporter.core.model import ExportRequest, ExportStatus, JobView
+from exporter.core.request import parse_dataset_request, parse_export_request
 from exporter.http.documents import (
     DEFAULT_LIST_LIMIT,
     EVENT_INTERVAL,
@@ -43,7 +46,7 @@ from exporter.http.openapi import openapi_document
 from exporter.http.problems import problem, retry_later
 from exporter.jobs.manager import JobManager
 
-__all__ = ["ExportIdConverter", "Services", "routes", "services"]
+__all__ = ["ExportIdConverter", "Services", "add_dataset_routes", "routes", "services"]
 
 # The status page at /: one static file, read once.
 # How long /ready waits for the export store to answer before it says the store is down.
@@ -165,11 +168,29 @@ async def _export_params() -> dict[str, object]:
     return params
 
 
+def _dataset(name: str) -> Dataset:
+    """The dataset ``name``, resolved; ``NotReady`` before the database was reached."""
+    datasets = services().jobs.datasets
+    if datasets is not None and not datasets.is_resolved:
+        raise NotReady("the datasets have not been resolved against the database yet")
+    dataset = None if datasets is None else datasets.get(name)
+    if dataset is None:
+        raise DatasetNotFound(name)
+    return dataset
+
+
 @routes.post("/exports/csv")
 async def create_export() -> Response:
     """``POST /exports/csv`` → 202 with where to follow the new export; 400 for a
-    wrong parameter, 429 when the queue is full, 503 without the job database."""
+    wrong parameter, 429 when the queue is full, 503 without the job database. The seed's
+    form of an export of ``users``."""
     export_request = parse_export_request(await _export_params())
+    if services().jobs.datasets is not None:
+        _dataset(export_request.dataset)  # declared: a 404 otherwise
+    return await _submit(export_request)
+
+
+async def _submit(export_request: ExportRequest) -> Response:
     record = await services().jobs.submit(export_request)  # QueueFull: a 429
     body = created_document(record)
     return Response(
@@ -266,3 +287,59 @@ async def cancel_export(export_id: uuid.UUID) -> Response:
     if not await services().jobs.cancel(export_id):
         raise ExportNotFound(export_id)
     return Response(b"", status=204)
+
+
+@routes.get("/datasets")
+async def list_datasets() -> dict[str, Any]:
+    """``GET /datasets``: every dataset, its columns and their types, filters and key."""
+    datasets = services().jobs.datasets
+    if datasets is not None and not datasets.is_resolved:
+        raise NotReady("the datasets have not been resolved against the database yet")
+    found = [] if datasets is None else list(datasets.values())
+    return {"datasets": [dataset.describe() for dataset in found]}
+
+
+async def _dataset_params() -> dict[str, object]:
+    """A dataset export's parameters: the query string's (a name given more than once,
+    as a filter may be, gives a list) and a JSON body's; a name in both must agree."""
+    params: dict[str, object] = {}
+    raw = await request.get_data(as_text=False)
+    if raw:
+        try:
+            body = json.loads(raw)
+        except ValueError:
+            body = None
+        if not isinstance(body, dict):
+            raise RequestInvalid([FieldError("body", "must be a JSON object of parameters")])
+        params.update(body)
+    conflicts = []
+    for name in request.args:
+        values = request.args.getlist(name)
+        value: object = values[0] if len(values) == 1 else values
+        if name in params and params[name] != value:
+            conflicts.append(
+                FieldError(name[:60], "given differently in the query string and the body")
+            )
+        params[name] = value
+    if conflicts:
+        raise RequestInvalid(conflicts)
+    return params
+
+
+def add_dataset_routes(app: Any, names: list[str]) -> None:
+    """``GET /datasets/{name}`` and ``POST /datasets/{name}/exports`` for each declared
+    dataset: paths of their own, so that the OpenAPI document can describe each one's
+    columns and filters (and an unknown name is a plain 404)."""
+    for name in names:
+
+        async def describe(name: str = name) -> dict[str, Any]:
+            return _dataset(name).describe()
+
+        async def create(name: str = name) -> Response:
+            dataset = _dataset(name)
+            return await _submit(parse_dataset_request(dataset, await _dataset_params()))
+
+        app.add_url_rule(f"/datasets/{name}", f"dataset_{name}", describe, methods=["GET"])
+        app.add_url_rule(
+            f"/datasets/{name}/exports", f"dataset_{name}_exports", create, methods=["POST"]
+        )

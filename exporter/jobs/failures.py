@@ -8,7 +8,8 @@ import errno
 import trio_asyncio  # noqa: F401  (before psycopg: see exporter.jobs.postgres_queue)
 import psycopg
 
-from exporter.core.errors import ExportStoreError, QueueError
+from exporter.core.datasets import DatasetError
+from exporter.core.errors import ExportStoreError, QueueError, TooManyRows
 
 __all__ = ["describe_error", "gave_up_error"]
 
@@ -27,8 +28,10 @@ def describe_error(exc: BaseException) -> str:
         exc = exc.exceptions[0]
     if isinstance(exc, QueueError) and exc.__cause__ is not None:
         exc = exc.__cause__  # the job database's own error says more
-    if isinstance(exc, ExportStoreError):
-        return str(exc)  # a sentence naming the store already
+    if isinstance(exc, ExportStoreError | TooManyRows):
+        return str(exc)  # a sentence for users already
+    if isinstance(exc, DatasetError):
+        return f"the export's dataset cannot be read: {exc.problems[0].message}"
     if isinstance(exc, OSError) and not isinstance(exc, psycopg.Error):
         if exc.errno == errno.ENOSPC:
             return "no space left on the device holding the export files"

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import sys
 import uuid
+from collections.abc import Awaitable, Callable
 
 import trio
 
@@ -33,16 +34,27 @@ class Recovery:
     """Until the job database has been reached once (and the export store swept): no job
     is accepted, none claimed; ``recovered`` is set then."""
 
-    def __init__(self, queue: JobQueue, files: JobFiles, on_recovered: trio.Event) -> None:
+    def __init__(
+        self,
+        queue: JobQueue,
+        files: JobFiles,
+        on_recovered: trio.Event,
+        prepare: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
         self.queue = queue
         self.files = files
         self.recovered = on_recovered
+        # What else must be done once the database answers, before any job is accepted
+        # (the datasets resolved); it raises QueueError while the database is away.
+        self.prepare = prepare
 
     async def run(self, attempts: int = sys.maxsize) -> None:
         """Try ``attempts`` times, waiting longer after each failure."""
         for attempt in range(attempts):
             try:
                 await self.queue.ping()
+                if self.prepare is not None:
+                    await self.prepare()
                 try:
                     await self.files.sweep()
                 except ExportStoreError as exc:

@@ -18,17 +18,22 @@ docs/ARCHITECTURE.md tells the whole protocol.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import socket
 import uuid
 
+import trio_asyncio  # noqa: F401  (before psycopg: see exporter.jobs.postgres_queue)
+import psycopg
 import trio
 
 from exporter.core.config import Settings
-from exporter.core.errors import NotReady, QueueFull
+from exporter.core.datasets import DatasetError
+from exporter.core.errors import NotReady, QueueFull, QueueUnavailable
 from exporter.core.metrics import Metrics
 from exporter.core.model import ExportRequest, ExportStatus, JobRecord, JobView
+from exporter.export.catalog import DatasetCatalog
 from exporter.export.pipeline import export_csv
 from exporter.jobs.claims import Claimer, Leases
 from exporter.jobs.counts import QueueCounts
@@ -45,6 +50,18 @@ log = logging.getLogger(__name__)
 
 # How long DELETE waits for another process to stop a job it runs.
 REMOTE_CANCEL_WAIT = 5.0
+
+
+async def _resolve(datasets: DatasetCatalog) -> None:
+    """The datasets resolved at the first contact with the database; a bad one stops the
+    service (the error names the file, the dataset and the key)."""
+    try:
+        await trio.to_thread.run_sync(datasets.resolve)
+    except psycopg.OperationalError as error:
+        raise QueueUnavailable(str(error).strip()) from error
+    except DatasetError as error:
+        log.error("the datasets cannot be exported:\n%s", error)
+        raise
 
 
 def _owner_name() -> str:
@@ -72,8 +89,11 @@ class JobManager:
         export: Export = export_csv,
         owner: str | None = None,
         blocking: Blocking | None = None,
+        datasets: DatasetCatalog | None = None,
     ) -> None:
         self.settings = settings
+        # None: the built-in dataset only, resolved by each export (unit tests' fakes).
+        self.datasets = datasets
         self.queue = queue
         self.storage = storage
         self.owner = owner or _owner_name()
@@ -87,7 +107,14 @@ class JobManager:
         self.queue_counts = QueueCounts(queue)
         self.views = JobViews(queue, self.running, self.unsaved)
         self.runner = JobRunner(
-            settings, conninfo, queue, self.files, self.unsaved, owner=self.owner, export=export
+            settings,
+            conninfo,
+            queue,
+            self.files,
+            self.unsaved,
+            owner=self.owner,
+            export=export,
+            datasets=datasets,
         )
         lease = settings.lease_seconds
         self.claimer = Claimer(
@@ -102,7 +129,8 @@ class JobManager:
         self.leases = Leases(
             queue, self.running, self.unsaved, owner=self.owner, lease_seconds=lease
         )
-        self._recovery = Recovery(queue, self.files, self.recovered)
+        prepare = None if datasets is None else functools.partial(_resolve, datasets)
+        self._recovery = Recovery(queue, self.files, self.recovered, prepare)
         self._janitor = Janitor(queue, self.files, settings.janitor_interval)
 
     @property

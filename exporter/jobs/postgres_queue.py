@@ -47,7 +47,7 @@ COLUMNS = (
     "id, status, request, error, processed_rows, total_rows, bytes_written, file_size,"
     " created_at, started_at, completed_at, expires_at, owner, attempt, cancel_requested,"
     " checkpoint_rows, checkpoint_last_id, checkpoint_csv_bytes, checkpoint_gzip_bytes,"
-    " checkpoint_gzip_crc, resumed_from_rows"
+    " checkpoint_gzip_crc, resumed_from_rows, checkpoint_last_key"
 )
 # The same, qualified, for statements that join the table to itself.
 J_COLUMNS = ", ".join(f"j.{c.strip()}" for c in COLUMNS.split(","))
@@ -104,11 +104,12 @@ SAVE_PROGRESS = (
 CHECKPOINT = (
     "UPDATE export_jobs SET checkpoint_rows = %s, checkpoint_last_id = %s,"
     " checkpoint_csv_bytes = %s, checkpoint_gzip_bytes = %s, checkpoint_gzip_crc = %s,"
-    " updated_at = now()"
+    " checkpoint_last_key = %s, updated_at = now()"
     " WHERE id = %s AND owner = %s AND status = 'processing' RETURNING id"
 )
 FORGET_CHECKPOINT = (
     "UPDATE export_jobs SET checkpoint_rows = 0, checkpoint_last_id = NULL,"
+    " checkpoint_last_key = NULL,"
     " checkpoint_csv_bytes = 0, checkpoint_gzip_bytes = 0, checkpoint_gzip_crc = 0"
     " WHERE id = %s AND owner = %s"
 )
@@ -166,10 +167,11 @@ def _lease(seconds: float) -> dt.timedelta:
 
 def _record(row: dict[str, Any]) -> JobRecord:
     checkpoint = None
-    if row["checkpoint_last_id"] is not None:
+    if row["checkpoint_last_key"] is not None or row["checkpoint_last_id"] is not None:
         checkpoint = Checkpoint(
             rows=row["checkpoint_rows"],
             last_id=row["checkpoint_last_id"],
+            last_key=tuple(row["checkpoint_last_key"] or ()),
             csv_bytes=row["checkpoint_csv_bytes"],
             gzip_bytes=row["checkpoint_gzip_bytes"],
             gzip_crc=row["checkpoint_gzip_crc"],
@@ -276,9 +278,9 @@ class PostgresQueue:
         return await self._changed(SAVE_PROGRESS, (*figures, record.id, owner))
 
     async def checkpoint(self, owner: str, job_id: uuid.UUID, checkpoint: Checkpoint) -> bool:
-        at: tuple[int, ...] = (checkpoint.rows, checkpoint.last_id, checkpoint.csv_bytes)
-        at += (checkpoint.gzip_bytes, checkpoint.gzip_crc)
-        return await self._changed(CHECKPOINT, (*at, job_id, owner))
+        at = (checkpoint.rows, checkpoint.last_id, checkpoint.csv_bytes, checkpoint.gzip_bytes)
+        key = Jsonb(list(checkpoint.last_key))
+        return await self._changed(CHECKPOINT, (*at, checkpoint.gzip_crc, key, job_id, owner))
 
     async def forget_checkpoint(self, owner: str, job_id: uuid.UUID) -> None:
         await self.query(FORGET_CHECKPOINT, (job_id, owner))

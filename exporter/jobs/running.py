@@ -26,6 +26,7 @@ from typing import Any, Protocol
 import trio
 
 from exporter.core.config import Settings
+from exporter.core.datasets import Datasets
 from exporter.core.errors import CannotResume, QueueError
 from exporter.core.metrics import Metrics
 from exporter.core.model import Checkpoint, ExportRequest, ExportStatus, JobRecord, Progress, utcnow
@@ -153,6 +154,7 @@ class JobRunner:
         *,
         owner: str,
         export: Export,
+        datasets: Datasets | None = None,
     ) -> None:
         self.settings = settings
         self.conninfo = conninfo
@@ -161,7 +163,9 @@ class JobRunner:
         self.unsaved = unsaved
         self.owner = owner
         self.export = export
-        self.options = PipelineOptions.from_settings(settings, keep_partial=True)
+        self.options = PipelineOptions.from_settings(
+            settings, keep_partial=True, datasets=datasets or {}
+        )
         self.metrics: Metrics | None = None
 
     async def run(self, job: Job) -> None:

@@ -12,6 +12,7 @@ import trio
 from hypercorn.trio import serve
 
 from exporter.core.config import Settings
+from exporter.export.catalog import DatasetCatalog
 from exporter.http import zerocopy
 from exporter.http.app import create_app
 from exporter.process.hosting import hypercorn_config, wait_for_stop_signal
@@ -23,13 +24,14 @@ __all__ = ["run_server"]
 async def run_server(
     settings: Settings,
     conninfo: str,
+    datasets: DatasetCatalog | None = None,
     *,
     handle_signals: bool = True,
     task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve until a stop signal (or until cancelled); ``task_status`` gets the bound URLs."""
     zerocopy.install()
-    app = create_app(settings, conninfo)
+    app = create_app(settings, conninfo, datasets)
     async with trio_asyncio.open_loop(), trio.open_nursery() as nursery:
         for index in range(settings.workers):
             nursery.start_soon(supervise, index, settings, name=f"worker {index}")

@@ -17,8 +17,10 @@ import trio
 from hypercorn.trio import serve
 
 from exporter.core.config import Settings
+from exporter.core.datasets import declared_datasets
 from exporter.core.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from exporter.core.metrics import Metrics
+from exporter.export.catalog import DatasetCatalog
 from exporter.http.health import ASGIApp, health_fast_path
 from exporter.jobs.manager import JobManager
 from exporter.jobs.postgres_queue import PostgresQueue
@@ -57,7 +59,8 @@ async def run_worker(settings: Settings, conninfo: str, bind: str | None = None)
     """Run exports from the queue until SIGTERM or SIGINT, then hand them back."""
     storage = open_storage(settings.storage)
     async with trio_asyncio.open_loop(), trio.open_nursery() as nursery:
-        jobs = JobManager(settings, conninfo, PostgresQueue(conninfo), storage)
+        datasets = DatasetCatalog(conninfo, declared_datasets(settings.datasets_file))
+        jobs = JobManager(settings, conninfo, PostgresQueue(conninfo), storage, datasets=datasets)
         jobs.metrics = Metrics(jobs.counts, jobs.global_counts)
         await nursery.start(jobs.run)
         if bind is not None:

@@ -40,6 +40,8 @@ from psycopg.conninfo import make_conninfo
 from exporter.core.config import ROW_SOURCES, Settings
 from exporter.core.model import ExportRequest
 from exporter.export.connection import libpq_options
+from exporter.core.datasets import USERS, Datasets
+from exporter.export.catalog import resolve_datasets
 from exporter.export.query import copy_statement
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -55,17 +57,17 @@ ROW_SOURCE_PARAMS = [
 ]
 
 
-def copy_oracle(conninfo: str, request: ExportRequest) -> bytes:
+def copy_oracle(conninfo: str, request: ExportRequest, datasets: Datasets | None = None) -> bytes:
     """What PostgreSQL's own COPY writes for the export's SELECT: the bytes every export
-    file must equal."""
-    statement, params = copy_statement(request)
+    file must equal. ``datasets``: where the request's dataset is (default: the built-in)."""
+    if datasets is None:
+        datasets = resolve_datasets(conninfo, [USERS])
     out = bytearray()
-    with (
-        psycopg.connect(conninfo, options=libpq_options()) as conn,
-        conn.cursor().copy(statement, params) as copy,
-    ):
-        for chunk in copy:
-            out += chunk
+    with psycopg.connect(conninfo, options=libpq_options()) as conn:
+        statement = copy_statement(conn, datasets[request.dataset], request)
+        with conn.cursor().copy(statement) as copy:
+            for chunk in copy:
+                out += chunk
     return bytes(out)
 
 
