@@ -177,7 +177,7 @@ def _datasets(settings: Settings, conninfo: str) -> Any:
     from exporter.export.catalog import DatasetCatalog
 
     try:
-        catalog = DatasetCatalog(conninfo, declared_datasets(settings.datasets_file))
+        catalog = DatasetCatalog(conninfo, declared_datasets(settings.exporter_datasets))
         catalog.resolve()
     except DatasetError as error:
         print(f"exporter: the datasets cannot be exported:\n{error}", file=sys.stderr)
@@ -193,7 +193,7 @@ def _check_datasets(settings: Settings, file: str) -> int:
 
     with database(settings) as conninfo:
         apply_schema(conninfo, "schema")
-        catalog = _datasets(settings.replace(datasets_file=Path(file)), conninfo)
+        catalog = _datasets(settings.replace(exporter_datasets=Path(file)), conninfo)
     if catalog is None:
         return 1
     for dataset in catalog.values():

@@ -85,7 +85,7 @@ class Settings:
     # With --workers: worker i answers /health and /metrics on 127.0.0.1:(this + i).
     worker_metrics_port: int | None = None
     # The datasets file (TOML) naming what can be exported; None: the seed's users table.
-    datasets_file: Path | None = None
+    exporter_datasets: Path | None = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -119,7 +119,7 @@ class Settings:
             max_attempts=integer("MAX_ATTEMPTS", defaults.max_attempts, 1),
             checkpoint_interval=seconds("CHECKPOINT_INTERVAL", defaults.checkpoint_interval),
             worker_metrics_port=integer("WORKER_METRICS_PORT", 0, 1) or None,
-            datasets_file=_path(read.text("EXPORTER_DATASETS")),
+            exporter_datasets=_path(read.text("EXPORTER_DATASETS")),
         )
 
     @property

@@ -53,7 +53,6 @@ _KINDS = {
     "text": "text",
     "character varying": "text",
     "bpchar": "text",
-    "character": "text",
     "name": "text",
     "citext": "text",
     "boolean": "boolean",
@@ -72,9 +71,11 @@ FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid
 WHERE a.attrelid = %s AND a.attnum > 0 AND NOT a.attisdropped
 ORDER BY a.attnum
 """
-# A base type: its name without modifiers, whether it is an enum, its labels.
+# A base type: its name without modifiers (what a value is cast to: "bpchar", as
+# "character" alone would mean char(1)), whether it is an enum, its labels.
 _BASE_TYPE = """
-SELECT format_type(t.oid, NULL), t.typtype = 'e',
+SELECT CASE WHEN t.oid = 'bpchar'::regtype THEN 'bpchar' ELSE format_type(t.oid, NULL) END,
+       t.typtype = 'e',
        coalesce(array(SELECT e.enumlabel FROM pg_enum e WHERE e.enumtypid = t.oid
                       ORDER BY e.enumsortorder), '{}')
 FROM pg_type t WHERE t.oid = %s
@@ -103,6 +104,13 @@ WITH RECURSIVE under(oid) AS (
 )
 SELECT c.oid::regclass::text FROM under JOIN pg_class c ON c.oid = under.oid
 WHERE c.relrowsecurity ORDER BY 1
+"""
+# B-tree indexes whose leading columns are these, in this order: the key's order for free.
+_ORDERING_INDEX = """
+SELECT 1 FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid
+JOIN pg_am am ON am.oid = c.relam
+WHERE i.indrelid = %s AND i.indisvalid AND am.amname = 'btree' AND i.indpred IS NULL
+  AND (i.indkey::int2[])[0:%s] = %s::int2[]
 """
 _TRUE = ("true", "on", "yes", "1")
 
@@ -209,11 +217,7 @@ class _Resolver:
                 self.problem("key", f"{name!r} may be NULL; a key must be NOT NULL")
         if spec.source != "table" or not set(spec.key) <= set(names):
             return
-        rows = self.conn.execute(
-            "SELECT attname, attnum FROM pg_attribute WHERE attrelid = %s AND attnum > 0",
-            (oid,),
-        ).fetchall()
-        attnums = {name: number for name, number in rows}
+        attnums = self.attnums(oid)
         wanted = {attnums[name] for name in spec.key}
         indexes = [set(r[0]) for r in self.conn.execute(_UNIQUE_INDEXES, (oid,))]
         if wanted not in indexes:
@@ -222,6 +226,14 @@ class _Resolver:
                 f"({', '.join(spec.key)}) is not unique: no unique index is on exactly "
                 "these columns, so rows could repeat or go missing between ranges",
             )
+
+    def attnums(self, oid: int) -> dict[str, int]:
+        """A relation's column numbers by name."""
+        rows = self.conn.execute(
+            "SELECT attname, attnum FROM pg_attribute WHERE attrelid = %s AND attnum > 0",
+            (oid,),
+        ).fetchall()
+        return {name: number for name, number in rows}
 
     def primary_key(self, oid: int) -> tuple[str, ...] | None:
         row = self.conn.execute(
@@ -265,8 +277,16 @@ class _Resolver:
                     f"its operators: {allowed}",
                 )
 
-    def ranged(self, source: str, key: Sequence[str]) -> bool:
-        """Whether the key's order comes without sorting everything (an index gives it)."""
+    def ranged(self, source: str, key: Sequence[str], oid: int | None) -> bool:
+        """Whether the key's order comes without sorting everything (an index gives it).
+
+        For a table the catalog says (a B-tree index led by the key), which takes no lock
+        on it; for a view or a query the planner, asked for the first key.
+        """
+        if self.spec.source == "table" and oid is not None:
+            numbers = [self.attnums(oid)[name] for name in key]
+            found = self.conn.execute(_ORDERING_INDEX, (oid, len(key) - 1, numbers)).fetchone()
+            return found is not None
         keys = sql.SQL(", ").join(sql.Identifier(k) for k in key)
         statement = sql.SQL("EXPLAIN (FORMAT JSON) SELECT {k} FROM {s} ORDER BY {k} LIMIT 1")
         try:
@@ -330,7 +350,7 @@ class _Resolver:
             max_rows=spec.max_rows,
             params=params,
             key_columns=tuple(by_name[k] for k in key),
-            ranged=self.ranged(source, key),
+            ranged=self.ranged(source, key, oid),
             query=spec.relation if spec.source == "query" else None,
         )
 

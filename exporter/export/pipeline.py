@@ -44,12 +44,10 @@ from exporter.core.model import Checkpoint, ExportRequest, Progress
 from exporter.export.connection import open_text_connection
 from exporter.export.csvfmt import Dialect
 from exporter.export.outputs import CsvOutput, GzipOutput, Outputs
-from exporter.export.query import KeyRange, count_select, export_select
+from exporter.export.query import export_select
 from exporter.export.rows import (
-    MAX_RANGE_SCALE,
     RANGE_BATCHES,
     Batch,
-    KeyRanges,
     RowSource,
     batch_size,
     estimate_rows,
@@ -118,40 +116,45 @@ OnCheckpoint = Callable[[Checkpoint], Awaitable[None]]
 
 async def read_batches(
     source: RowSource,
-    ranges: KeyRanges,
+    range_rows: int | None,
     after: tuple[str, ...] | None,
     send_rows: trio.MemorySendChannel[RowItem],
     *,
     progress: Progress,
     max_rows: int | None = None,
 ) -> None:
-    """The reader: for each range of the key after ``after``, fetch its batches in a
-    worker thread and send them, then a ``RangeEnd``. Raises ``TooManyRows`` once more
-    than ``max_rows`` rows were read.
+    """The reader: range after range of ``range_rows`` rows (None: one range of all)
+    after the key ``after``, fetch the batches in a worker thread and send them, then a
+    ``RangeEnd`` with the range's last key. Raises ``TooManyRows`` once more than
+    ``max_rows`` rows were read.
 
     ``send`` waits while the channel is full: that wait is the backpressure, and while it
     lasts nothing more is fetched.
     """
-    rows = progress.processed_rows
+    total = progress.processed_rows
     async with send_rows:
         while True:
-            up_to = await run_cancellable(ranges.end_after, after, cancel=source.conn.cancel_safe)
-            fetch = await source.open(KeyRange(after, up_to))
+            fetch = await source.open(after, range_rows)
+            rows, last_key = 0, None
             while True:
                 batch = await run_cancellable(background(fetch), cancel=source.cancel)
                 size = batch_size(batch)
                 if size == 0:
                     break
-                rows += size
-                if max_rows is not None and rows > max_rows:
+                rows, total = rows + size, total + size
+                if max_rows is not None and total > max_rows:
                     raise TooManyRows(max_rows)
+                last_key = source.last_key(batch)
                 progress.batches_fetched += 1
                 await send_rows.send(batch)
                 del batch  # the writer's thread frees it (see write_batches)
-            if up_to is None:
-                return
-            await send_rows.send(RangeEnd(up_to))
-            after = up_to
+            if range_rows is None or rows < range_rows:
+                return  # a range short of its rows was the last
+            if last_key is None:
+                find = functools.partial(source.find_last_key, after, rows)
+                last_key = await run_cancellable(find, cancel=source.conn.cancel_safe)
+            await send_rows.send(RangeEnd(last_key))
+            after = last_key
 
 
 @dataclasses.dataclass(slots=True)
@@ -255,33 +258,25 @@ async def export_csv(
     range's end) the files are made durable and ``on_checkpoint`` told how far;
     ``resume`` continues from such a checkpoint. Raises ``CannotResume`` if its files are
     not there, ``TooManyRows`` past the dataset's ``max_rows``, and whatever the database
-    or the export store raised; on any failure the
-    partial files are removed (kept with ``options.keep_partial``).
+    or the export store raised; on any failure the partial files are removed (kept with
+    ``options.keep_partial``).
     """
     dataset = await _dataset(conninfo, request, options)
-    row_source = options.row_source
-    if not dataset.ranged:
-        row_source = "cursor"  # one statement: COPY would gain nothing it can checkpoint
-    if request.neutralize_formulas:
-        row_source = "cursor"  # COPY's lines would have to be parsed again to change them
+    # COPY's lines would have to be parsed again to neutralise formulas: the cursor then.
+    row_source = "cursor" if request.neutralize_formulas else options.row_source
     dialect = Dialect.of(request.delimiter, request.quote_char, request.neutralize_formulas)
     gzip = storage.sink(export_id, gzip=True) if options.gzip_exports else None
     outputs = Outputs(storage.sink(export_id), gzip, dialect, keep_partial=options.keep_partial)
     conn = await trio.to_thread.run_sync(open_text_connection, conninfo, application_name)
     source = RowSource(
-        conn,
-        dataset,
-        request,
-        row_source,
-        options.batch_rows,
-        conninfo=conninfo,
-        application_name=application_name,
-    )
+        conn, dataset, request, row_source, options.batch_rows,
+        conninfo=conninfo, application_name=application_name,
+    )  # fmt: skip
     try:
-        ranges, header = await _begin(source, outputs, resume, options, progress)
+        range_rows, header = await _begin(source, outputs, resume, options, progress)
         await _copy_rows(
             source,
-            ranges,
+            range_rows,
             None if resume is None else resume.last_key,
             outputs,
             header,
@@ -320,37 +315,27 @@ async def _begin(
     resume: Checkpoint | None,
     options: PipelineOptions,
     progress: Progress,
-) -> tuple[KeyRanges, bytes]:
-    """The estimate, the plan of the ranges and the files opened (or continued at
-    ``resume``); returns the plan and the header written."""
+) -> tuple[int | None, bytes]:
+    """The estimate and the files opened (or continued at ``resume``); returns the rows
+    a range holds (None: one range) and the header written."""
     conn, dataset, request = source.conn, source.dataset, source.request
-    progress.total_rows = filtered = await run_cancellable(
+    progress.total_rows = await run_cancellable(
         estimate_rows,
         conn,
         export_select(dataset, request, source.source),
         cancel=conn.cancel_safe,
     )
-    stride = options.batch_rows * RANGE_BATCHES
-    if request.all_filters:
-        # A range spans as many keys as hold about `stride` of the export's own rows.
-        every = await run_cancellable(
-            estimate_rows,
-            conn,
-            count_select(dataset, request, source.source),
-            cancel=conn.cancel_safe,
-        )
-        stride = int(stride * min(max(every, 1) / max(filtered, 1), MAX_RANGE_SCALE))
     header = await trio.to_thread.run_sync(outputs.open, request.columns, resume)
     progress.bytes_written = len(header)
     if resume is not None:
         progress.processed_rows, progress.bytes_written = resume.rows, resume.csv_bytes
     progress.started_at = time.monotonic()
-    return KeyRanges(conn, dataset, source.source, stride), header
+    return (options.batch_rows * RANGE_BATCHES if dataset.ranged else None), header
 
 
 async def _copy_rows(
     source: RowSource,
-    ranges: KeyRanges,
+    range_rows: int | None,
     after: tuple[str, ...] | None,
     outputs: Outputs,
     header: bytes,
@@ -370,7 +355,7 @@ async def _copy_rows(
                 send_csv.send_nowait(header)  # the gzip copy begins with it too
             nursery.start_soon(compress, receive_csv, gz, checkpoints.record)
         read = functools.partial(read_batches, progress=progress, max_rows=source.dataset.max_rows)
-        nursery.start_soon(read, source, ranges, after, send_rows)
+        nursery.start_soon(read, source, range_rows, after, send_rows)
         nursery.start_soon(
             functools.partial(write_batches, progress=progress),
             receive_rows,

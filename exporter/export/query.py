@@ -6,16 +6,15 @@ catalog, and every value a request brings is a literal quoted by psycopg
 as it came. Values are literals rather than parameters so that one statement serves both
 row sources (a cursor's query, and COPY, which takes no parameters).
 
-An export reads its rows in key order, in ranges of the key (``KeyRange``): each range a
-statement ``… WHERE <filters> AND key > after AND key <= up_to ORDER BY key`` (a row
-comparison for a key of several columns), so that a checkpoint can say "every row up to
-this key is written" and a later attempt can continue after it. ``boundary_select`` finds
-where a range of about ``stride`` rows ends.
+An export reads its rows in key order, in ranges: each range a statement
+``… WHERE <filters> AND key > after ORDER BY key LIMIT n`` (a row comparison for a key
+of several columns), so that a checkpoint can say "every row up to this key is written"
+and a later attempt can continue after it. Where the range's last key cannot be read
+from its rows, ``last_key_select`` finds it.
 """
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Sequence
 from typing import Any
 
@@ -27,28 +26,17 @@ from exporter.core.model import ExportRequest, Filter
 
 __all__ = [
     "QUERY_ALIAS",
-    "KeyRange",
-    "boundary_select",
     "copy_of",
     "copy_statement",
-    "count_select",
     "export_select",
     "from_item",
+    "last_key_select",
     "render_query",
 ]
 
 # The alias of a saved query in the statements built around it.
 QUERY_ALIAS = "q"
 _COMPARISONS = {"eq": "=", "neq": "<>", "gt": ">", "gte": ">=", "lt": "<", "lte": "<="}
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class KeyRange:
-    """The rows with ``after < key <= up_to``, each bound the key's values as text (None:
-    no bound on that side)."""
-
-    after: tuple[str, ...] | None = None
-    up_to: tuple[str, ...] | None = None
 
 
 def from_item(conn: psycopg.Connection[Any], dataset: Dataset, request: ExportRequest) -> sql.SQL:
@@ -102,17 +90,15 @@ def _key_comparison(dataset: Dataset, operator: str, values: Sequence[str]) -> s
     )
 
 
-def _where(dataset: Dataset, request: ExportRequest, keys: KeyRange | None) -> sql.Composable:
+def _where(dataset: Dataset, request: ExportRequest, after: Sequence[str] | None) -> sql.Composable:
     conditions: list[sql.Composable] = []
     for f in request.all_filters:
         column = dataset.column(f.column)
         if column is None:  # validated already; this guards the SQL boundary
             raise ValueError(f"column {f.column!r} is not exposed")
         conditions.append(_condition(f, column))
-    if keys is not None and keys.after is not None:
-        conditions.append(_key_comparison(dataset, ">", keys.after))
-    if keys is not None and keys.up_to is not None:
-        conditions.append(_key_comparison(dataset, "<=", keys.up_to))
+    if after is not None:
+        conditions.append(_key_comparison(dataset, ">", after))
     if not conditions:
         return sql.SQL("")
     return sql.SQL(" WHERE ") + sql.SQL(" AND ").join(conditions)
@@ -126,9 +112,11 @@ def export_select(
     dataset: Dataset,
     request: ExportRequest,
     source: sql.Composable,
-    keys: KeyRange | None = None,
+    after: Sequence[str] | None = None,
+    limit: int | None = None,
 ) -> sql.Composed:
-    """``SELECT <columns> FROM <source> WHERE <filters> [and the range] ORDER BY <key>``.
+    """``SELECT <columns> FROM <source> WHERE <filters> [AND key > after] ORDER BY <key>
+    [LIMIT limit]``.
 
     Rows come in key order: a stable order users expect, and the one the COPY oracle
     reproduces exactly (a plain sequential scan may start mid-table when another scan of
@@ -137,33 +125,30 @@ def export_select(
     for name in request.columns:
         if dataset.column(name) is None:  # validated already; this guards the SQL boundary
             raise ValueError(f"column {name!r} is not exposed")
-    return sql.SQL("SELECT {columns} FROM {source}{where} ORDER BY {order}").format(
+    return sql.SQL("SELECT {columns} FROM {source}{where} ORDER BY {order}{limit}").format(
         columns=sql.SQL(", ").join(sql.Identifier(c) for c in request.columns),
         source=source,
-        where=_where(dataset, request, keys),
+        where=_where(dataset, request, after),
         order=_order(dataset),
+        limit=sql.SQL("") if limit is None else sql.SQL(" LIMIT {}").format(sql.Literal(limit)),
     )
 
 
-def count_select(dataset: Dataset, request: ExportRequest, source: sql.Composable) -> sql.Composed:
-    """The rows of ``source`` (all, unfiltered): what the planner estimates to scale the
-    ranges of a filtered export."""
-    empty = dataclasses.replace(request, filters=(), country_code=None, subscription_tier=None)
-    return sql.SQL("SELECT 1 FROM {source}{where}").format(
-        source=source, where=_where(dataset, empty, None)
-    )
-
-
-def boundary_select(
-    dataset: Dataset, source: sql.Composable, after: tuple[str, ...] | None, stride: int
+def last_key_select(
+    dataset: Dataset,
+    request: ExportRequest,
+    source: sql.Composable,
+    after: Sequence[str] | None,
+    rows: int,
 ) -> sql.Composed:
-    """The key of the ``stride``-th row after ``after`` (unfiltered: for a table, an
-    index-only scan of the key), where a range ends; no row if fewer are left."""
-    where: sql.Composable = sql.SQL("")
-    if after is not None:
-        where = sql.SQL(" WHERE ") + _key_comparison(dataset, ">", after)
+    """The key of the ``rows``-th row of the export after ``after``: where a range of that
+    many rows ended, when its rows do not hold the key (COPY's lines, or a selection
+    without it)."""
     return sql.SQL("SELECT {key} FROM {source}{where} ORDER BY {key} OFFSET {skip} LIMIT 1").format(
-        key=_order(dataset), source=source, where=where, skip=sql.Literal(max(stride - 1, 0))
+        key=_order(dataset),
+        source=source,
+        where=_where(dataset, request, after),
+        skip=sql.Literal(max(rows - 1, 0)),
     )
 
 

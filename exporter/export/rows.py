@@ -1,13 +1,16 @@
 """Where an export's rows come from: ranges of the key, read by a server-side cursor or COPY.
 
-The rows are read in ranges of the dataset's key, in order, one query per range in the
-export's one transaction, so that a checkpoint can say "every row up to this key is
-written" and a later attempt can continue after it. ``KeyRanges`` plans them: each ends
-where a boundary query finds the key ``stride`` rows on (for a table, an index-only scan
-of the key, much cheaper than reading the rows), so the plan is a list of bounds that
-could as well be read by several connections at once. ``RowSource`` opens each range's
-query and hands back the blocking call that reads its next batch: a cursor's rows, to be
-encoded, or a ``CopyBlock`` that PostgreSQL's COPY wrote already.
+The rows are read in key order, in ranges of ``range_rows`` rows, one query per range in
+the export's one transaction (``WHERE <filters> AND key > <the last range's last key>
+ORDER BY key LIMIT range_rows``), so that a checkpoint can say "every row up to this key
+is written" and a later attempt can continue after it. A range's last key is read from
+its last row when the cursor's rows hold the key, and otherwise asked of the database
+(``last_key_select``: for a table an index scan of the key, far cheaper than the rows).
+A range of fewer rows than asked for was the last. A dataset whose key order needs a sort
+of everything (``Dataset.ranged`` false) is read as one range.
+
+``RowSource`` opens each range's query and hands back the blocking call that reads its
+next batch: a cursor's rows, to be encoded, or a ``CopyBlock`` that COPY wrote already.
 """
 
 from __future__ import annotations
@@ -25,18 +28,16 @@ from psycopg import sql
 from exporter.core.datasets import Dataset
 from exporter.core.model import ExportRequest
 from exporter.export.csvfmt import Row
-from exporter.export.query import KeyRange, boundary_select, export_select, from_item
+from exporter.export.query import export_select, from_item, last_key_select
 from exporter.export.threads import run_cancellable
 
 if TYPE_CHECKING:
     from exporter.export.copy_reader import CopyReader
 
 __all__ = [
-    "MAX_RANGE_SCALE",
     "RANGE_BATCHES",
     "Batch",
     "CopyBlock",
-    "KeyRanges",
     "RowSource",
     "batch_size",
     "estimate_rows",
@@ -45,9 +46,6 @@ __all__ = [
 # Rows per range, in batches (at the default BATCH_ROWS, 500,000 rows: about two seconds
 # of a full export), between checkpoints.
 RANGE_BATCHES = 50
-# A filtered export's ranges span more keys, so that each still holds about a range's
-# rows; but never more than this many times as many (an estimate may be far off).
-MAX_RANGE_SCALE = 64
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -79,34 +77,6 @@ def estimate_rows(conn: psycopg.Connection[Any], select: sql.Composable) -> int:
     return int(plan[0]["Plan"]["Plan Rows"])
 
 
-class KeyRanges:
-    """The ranges of an export, planned one at a time from where the last one ended.
-
-    ``stride``: the rows of the dataset (unfiltered) a range spans. A dataset whose key
-    order needs a sort of everything (``Dataset.ranged`` false) is one range.
-    """
-
-    def __init__(
-        self,
-        conn: psycopg.Connection[Any],
-        dataset: Dataset,
-        source: sql.Composable,
-        stride: int,
-    ) -> None:
-        self.conn, self.dataset, self.source, self.stride = conn, dataset, source, stride
-
-    def end_after(self, after: tuple[str, ...] | None) -> tuple[str, ...] | None:
-        """Where the range that starts after ``after`` ends (None: at the last row).
-        Blocking: it asks the database."""
-        if not self.dataset.ranged:
-            return None
-        statement = boundary_select(self.dataset, self.source, after, self.stride)
-        row = self.conn.execute(statement).fetchone()
-        if row is None:
-            return None
-        return tuple(v.decode() if isinstance(v, bytes) else str(v) for v in row)
-
-
 class RowSource:
     """The export's rows, one range of the key at a time, from a server-side cursor or COPY.
 
@@ -131,12 +101,17 @@ class RowSource:
         self.batch_rows = batch_rows
         self.conninfo, self.application_name = conninfo, application_name
         self.cancel: Callable[[], None] = conn.cancel_safe
+        # Where the key is in a cursor's rows (None: not selected, or COPY's lines).
+        self.key_at: list[int] | None = None
+        if not self.copy and set(dataset.key) <= set(request.columns):
+            self.key_at = [request.columns.index(k) for k in dataset.key]
         self._cursor: psycopg.ServerCursor[Any] | None = None
         self._reader: CopyReader | None = None
 
-    async def open(self, keys: KeyRange) -> Callable[[], Batch]:
-        """Start the range's query; returns the blocking call that reads its next batch."""
-        select = export_select(self.dataset, self.request, self.source, keys)
+    async def open(self, after: tuple[str, ...] | None, rows: int | None) -> Callable[[], Batch]:
+        """Start the query of the range of ``rows`` rows (None: all) after ``after``;
+        returns the blocking call that reads its next batch."""
+        select = export_select(self.dataset, self.request, self.source, after, rows)
         if self.copy:
             reader = self._reader or await self._start_reader()
             reader.open(
@@ -153,6 +128,20 @@ class RowSource:
         self._cursor = cursor = self.conn.cursor(name="export")
         await run_cancellable(cursor.execute, select, cancel=self.cancel)
         return functools.partial(cursor.fetchmany, self.batch_rows)
+
+    def last_key(self, batch: Batch) -> tuple[str, ...] | None:
+        """The key of ``batch``'s last row, if its rows hold it."""
+        if self.key_at is None or isinstance(batch, CopyBlock) or not batch:
+            return None
+        row = batch[-1]
+        return tuple(_text(row[at]) for at in self.key_at)
+
+    def find_last_key(self, after: tuple[str, ...] | None, rows: int) -> tuple[str, ...]:
+        """The key of the ``rows``-th row after ``after``, asked of the database (blocking)."""
+        statement = last_key_select(self.dataset, self.request, self.source, after, rows)
+        row = self.conn.execute(statement).fetchone()
+        assert row is not None, "the range's last row is gone from the export's snapshot"
+        return tuple(_text(value) for value in row)
 
     async def _start_reader(self) -> CopyReader:
         # Imported here: asyncpg (4 MB) only for an export that reads COPY.
@@ -175,3 +164,8 @@ class RowSource:
         reader, self._reader = self._reader, None
         if reader is not None:
             reader.close()
+
+
+def _text(value: object) -> str:
+    """A key's value as the text connection hands it back (bytes), as text."""
+    return value.decode() if isinstance(value, bytes) else str(value)

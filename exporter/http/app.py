@@ -55,7 +55,7 @@ def create_app(
     job_settings = settings.replace(max_concurrent_exports=0) if settings.workers else settings
     storage = open_storage(settings.storage)
     if datasets is None:
-        datasets = DatasetCatalog(conninfo, declared_datasets(settings.datasets_file))
+        datasets = DatasetCatalog(conninfo, declared_datasets(settings.exporter_datasets))
     jobs = JobManager(job_settings, conninfo, PostgresQueue(conninfo), storage, datasets=datasets)
     metrics = jobs.metrics = Metrics(jobs.counts, jobs.global_counts)
     app.extensions["exporter"] = Services(settings, jobs, metrics)

@@ -59,7 +59,7 @@ async def run_worker(settings: Settings, conninfo: str, bind: str | None = None)
     """Run exports from the queue until SIGTERM or SIGINT, then hand them back."""
     storage = open_storage(settings.storage)
     async with trio_asyncio.open_loop(), trio.open_nursery() as nursery:
-        datasets = DatasetCatalog(conninfo, declared_datasets(settings.datasets_file))
+        datasets = DatasetCatalog(conninfo, declared_datasets(settings.exporter_datasets))
         jobs = JobManager(settings, conninfo, PostgresQueue(conninfo), storage, datasets=datasets)
         jobs.metrics = Metrics(jobs.counts, jobs.global_counts)
         await nursery.start(jobs.run)
