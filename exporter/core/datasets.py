@@ -7,7 +7,7 @@ A dataset is a table, a view or a saved query, with
 - ``filters``: which exposed columns may be filtered, and with which operators;
 - ``default_columns``, ``description``, ``max_rows`` (an export of more rows fails).
 
-``load_exporter_datasets`` reads a datasets file (TOML) into ``DatasetSpec`` values, checking
+``load_datasets_file`` reads a datasets file (TOML) into ``DatasetSpec`` values, checking
 its shape; ``exporter.export.catalog`` then resolves each against the database into a
 ``Dataset``, with the columns' types from PostgreSQL's catalog (never from the file). With
 no file the service exports ``USERS``, the seed's table, as it always has.
@@ -47,7 +47,7 @@ __all__ = [
     "DatasetSpec",
     "Datasets",
     "declared_datasets",
-    "load_exporter_datasets",
+    "load_datasets_file",
     "operators_for",
     "parse_datasets",
 ]
@@ -328,7 +328,7 @@ def parse_datasets(document: Mapping[str, Any], file: str) -> list[DatasetSpec]:
     return [spec for spec in specs if spec is not None]
 
 
-def load_exporter_datasets(path: Path) -> list[DatasetSpec]:
+def load_datasets_file(path: Path) -> list[DatasetSpec]:
     """Read and check a datasets file (TOML); ``DatasetError`` names what is wrong."""
     file = str(path)
     try:
@@ -345,4 +345,4 @@ def load_exporter_datasets(path: Path) -> list[DatasetSpec]:
 
 def declared_datasets(path: Path | None) -> list[DatasetSpec]:
     """The datasets of the file at ``path``, or without one the built-in ``users``."""
-    return [USERS] if path is None else load_exporter_datasets(path)
+    return [USERS] if path is None else load_datasets_file(path)

@@ -171,7 +171,7 @@ def create_schema(conninfo: str) -> None:
         conn.execute(SCHEMA.encode())
 
 
-def write_exporter_datasets(folder: Path, text: str = DATASETS_TOML) -> Path:
+def write_datasets_file(folder: Path, text: str = DATASETS_TOML) -> Path:
     """The datasets file in ``folder``; returns its path."""
     path = folder / "datasets.toml"
     path.write_text(text, encoding="utf-8")
