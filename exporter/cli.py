@@ -1,5 +1,5 @@
-"""The ``exporter`` command: ``serve`` and ``seed``; ``export``, ``status`` and ``cancel``
-(the client, exporter/client/)."""
+"""The ``exporter`` command: ``serve``, ``worker``, ``seed`` and ``datasets check``;
+``export``, ``status``, ``cancel`` and ``datasets`` (the client, exporter/client/)."""
 
 from __future__ import annotations
 
@@ -81,7 +81,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The command line: ``serve``, ``worker``, ``seed`` and the client's commands."""
+    """The command line: ``serve``, ``worker``, ``seed`` and the client's commands (among
+    them ``datasets``, whose ``check`` runs here, with the database: its ``command`` is
+    ``client_options.DATASETS_CHECK``)."""
     parser = argparse.ArgumentParser(prog="exporter", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     serve = commands.add_parser(
@@ -144,7 +146,7 @@ def _serve_or_seed(parser: argparse.ArgumentParser, args: argparse.Namespace) ->
             trio.run(run_worker, settings, conninfo, args.bind)
         return 0
 
-    if args.command == "datasets-check":
+    if args.command == client_options.DATASETS_CHECK:
         return _check_datasets(settings, args.file)
     with database(settings) as conninfo:
         apply_schema(conninfo, "schema")

@@ -1,6 +1,6 @@
 """The command-line client: start an export, watch it, download it, resume a download.
 
-Used by ``exporter export``, ``exporter status`` and ``exporter cancel``
+Used by ``exporter export``, ``status``, ``cancel`` and ``datasets``
 (``exporter.client.commands``). It talks to the service over HTTP only (httpx), as any
 user's script would.
 
@@ -8,7 +8,9 @@ A download goes to ``FILE.part`` beside a small record, ``FILE.part.json``, of w
 export and which ETag the bytes belong to. Running the same command again continues
 that export and that download (``Range`` with ``If-Range``: if the file changed, the
 server sends it whole and the part is started over), so bytes of one export are never
-appended to another's. The finished file is renamed into place.
+appended to another's. The record keys on the service, the dataset and every parameter:
+a command that asks for anything else starts a new export. The finished file is renamed
+into place.
 """
 
 from __future__ import annotations
@@ -17,9 +19,10 @@ import contextlib
 import json
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 
@@ -40,14 +43,22 @@ class ClientError(Exception):
         self.code = code
 
 
+Params = Mapping[str, str | list[str]]  # a list: the name given once for each value
+
+
 def _reason(response: httpx.Response) -> str:
-    """The problem document's detail (and its parameter errors) in one line."""
+    """The problem document's detail, or its parameter errors one a line, each naming its
+    parameter."""
     try:
         problem = response.json()
     except ValueError:
         return f"HTTP {response.status_code}"
-    errors = "; ".join(f"{e['param']}: {e['message']}" for e in problem.get("errors", []))
+    errors = "\n".join(f"{e['param']}: {e['message']}" for e in problem.get("errors", []))
     return errors or problem.get("detail") or f"HTTP {response.status_code}"
+
+
+def _dataset_path(name: str) -> str:
+    return f"/datasets/{quote(name, safe='')}"
 
 
 class ExportClient:
@@ -63,20 +74,42 @@ class ExportClient:
     def close(self) -> None:
         self.http.close()
 
-    def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+    def _request(
+        self, method: str, path: str, *, dataset: str | None = None, **kwargs: Any
+    ) -> httpx.Response:
+        """The answer; ``ClientError`` for an error, a 404 naming ``dataset`` if given."""
         try:
             response = self.http.request(method, path, **kwargs)
         except httpx.TransportError as error:
             raise ClientError(
                 f"cannot reach {self.http.base_url}: {error}", EXIT_UNREACHABLE
             ) from None
+        if response.status_code == 404 and dataset is not None:
+            # Each dataset has routes of its own: an unknown name is a bare 404.
+            raise ClientError(
+                f"{self.http.base_url} has no dataset {dataset!r}; `exporter datasets` lists them",
+                EXIT_REFUSED,
+            )
         if response.status_code >= 400:
             code = EXIT_UNREACHABLE if response.status_code >= 500 else EXIT_REFUSED
             raise ClientError(_reason(response), code)
         return response
 
-    def start(self, params: dict[str, str]) -> str:
-        return str(self._request("POST", "/exports/csv", params=params).json()["exportId"])
+    def start(self, params: Params, dataset: str | None = None) -> str:
+        """Start an export of ``dataset`` (None: the users export of ``/exports/csv``)."""
+        if dataset is None:
+            response = self._request("POST", "/exports/csv", params=params)
+        else:
+            path = f"{_dataset_path(dataset)}/exports"
+            response = self._request("POST", path, params=params, dataset=dataset)
+        return str(response.json()["exportId"])
+
+    def datasets(self) -> list[dict[str, Any]]:
+        """``GET /datasets``: what each dataset is (``Dataset.describe`` on the server)."""
+        return list(self._request("GET", "/datasets").json()["datasets"])
+
+    def dataset(self, name: str) -> dict[str, Any]:
+        return dict(self._request("GET", _dataset_path(name), dataset=name).json())
 
     def status(self, export_id: str) -> dict[str, Any]:
         return dict(self._request("GET", f"/exports/{export_id}/status").json())
@@ -177,22 +210,46 @@ class _PartRecord:
         self.path.unlink(missing_ok=True)
 
 
-def resumable_export(target: Path, url: str, params: dict[str, str], gzip: bool) -> str | None:
-    """The export a previous run of the same command started for ``target``, if any."""
+def resumable_export(
+    target: Path, url: str, params: Params, gzip: bool, dataset: str | None = None
+) -> str | None:
+    """The export a previous run of the same command started for ``target``, if any: the
+    same service, dataset (None: the users export of ``/exports/csv``) and parameters."""
     state = _PartRecord(target).load()
-    same = state.get("url") == url and state.get("params") == params and state.get("gzip") == gzip
+    # A record of the users export has no dataset: .get gives None, as for today's.
+    same = (state.get("url"), state.get("dataset"), state.get("params"), state.get("gzip")) == (
+        url,
+        dataset,
+        _plain(params),
+        gzip,
+    )
     return str(state["exportId"]) if same and state.get("exportId") else None
 
 
 def remember_export(
-    target: Path, url: str, params: dict[str, str], gzip: bool, export_id: str
+    target: Path,
+    url: str,
+    params: Params,
+    gzip: bool,
+    export_id: str,
+    dataset: str | None = None,
 ) -> None:
     """Note which export ``target`` is for, before anything is downloaded."""
     record = _PartRecord(target)
     state = record.load()
     if state.get("exportId") != export_id:
         state = {}
-    record.save({**state, "url": url, "params": params, "gzip": gzip, "exportId": export_id})
+    state.update(url=url, params=_plain(params), gzip=gzip, exportId=export_id)
+    if dataset is not None:
+        state["dataset"] = dataset
+    record.save(state)
+
+
+def _plain(params: Params) -> dict[str, Any]:
+    """``params`` as the record's JSON gives them back, to compare with one read."""
+    return {
+        name: value if isinstance(value, str) else list(value) for name, value in params.items()
+    }
 
 
 def forget_export(target: Path) -> None:

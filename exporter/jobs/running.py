@@ -164,7 +164,7 @@ class JobRunner:
         self.owner = owner
         self.export = export
         self.options = PipelineOptions.from_settings(
-            settings, keep_partial=True, datasets=datasets or {}
+            settings, keep_partial=True, datasets={} if datasets is None else datasets
         )
         self.metrics: Metrics | None = None
 

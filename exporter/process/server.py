@@ -7,11 +7,15 @@ manager) can reach it. With ``--workers N`` the worker processes are supervised 
 
 from __future__ import annotations
 
+import contextlib
+
 import trio_asyncio
+import psycopg
 import trio
 from hypercorn.trio import serve
 
 from exporter.core.config import Settings
+from exporter.core.datasets import declared_datasets
 from exporter.export.catalog import DatasetCatalog
 from exporter.http import zerocopy
 from exporter.http.app import create_app
@@ -31,6 +35,12 @@ async def run_server(
 ) -> None:
     """Serve until a stop signal (or until cancelled); ``task_status`` gets the bound URLs."""
     zerocopy.install()
+    if datasets is None:
+        datasets = DatasetCatalog(conninfo, declared_datasets(settings.exporter_datasets))
+        # A bad datasets file stops the start here when the database answers; when it does
+        # not, the job manager resolves them at its first contact (and stops then).
+        with contextlib.suppress(psycopg.OperationalError):
+            await trio.to_thread.run_sync(datasets.resolve)
     app = create_app(settings, conninfo, datasets)
     async with trio_asyncio.open_loop(), trio.open_nursery() as nursery:
         for index in range(settings.workers):

@@ -49,7 +49,7 @@ CREATE TABLE shop.everything (
     host        inet,
     net         cidr,
     amount      shop.positive,
-    doubled     bigint GENERATED ALWAYS AS (i8 * 2) STORED
+    doubled     bigint GENERATED ALWAYS AS (i4::bigint * 2) STORED
 );
 
 INSERT INTO shop.everything VALUES
@@ -58,31 +58,31 @@ INSERT INTO shop.everything VALUES
  '4713-01-01 BC', '00:00:00', '00:00:00+14:59', '0001-01-01 00:00:00 BC',
  '-infinity', '-178000000 years', '{"a": [1, "two", null]}', '{"b": {"c": "d,e"}}',
  '{1,NULL,3}', '{"a,b","c\"d",NULL,"NULL",""}', '{{1,2},{3,4}}', 'sad',
- '192.168.0.1/24', '10.0.0.0/8', 1, 1),
+ '192.168.0.1/24', '10.0.0.0/8', 1, DEFAULT),
 (2, 32767, 2147483647, 9223372036854775807, 'Infinity', 9999999999.99, 'NaN', 'Infinity',
  false, E'quote " comma , semicolon ; tab \t end', 'x,y', 'a"b', '\x', 
  'ffffffff-ffff-ffff-ffff-ffffffffffff', '294276-12-31', '23:59:59.999999',
  '23:59:59.999999-15:59', '294276-12-31 23:59:59.999999', 'infinity',
  '1 year 2 mons 3 days 04:05:06.789', '[]', '[]', '{}', '{}', '{}', 'ok', '::1', '::/0',
- 2147483647, 2),
+ 2147483647, DEFAULT),
 (3, 0, 0, 0, '-Infinity', -1.50, '1e-38', '1e-300', NULL, E'line one\nline two\r\nthree\r',
  '', '', NULL, 'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11', '2000-02-29', '12:34:56.5',
  '12:34:56.5+05:30', '2000-02-29 12:34:56.5', '2000-02-29 12:34:56.123456+05:45',
  '-1 days +02:03:04', 'null', '"a string"', NULL, '{" spaced ","back\\slash"}', NULL,
- 'happy, "very"', '2001:db8::1', '2001:db8::/32', 3, 3),
+ 'happy, "very"', '2001:db8::1', '2001:db8::/32', 3, DEFAULT),
 (4, NULL, NULL, NULL, '123456789012345678901234567890.123456789012345678901234567890',
  NULL, '3.4028235e38', '-1.7976931348623157e308', true, E'emoji 😀 and ünïcödé ☃ 中文',
  'ä😀', '😀', '\xdeadbeef', NULL, NULL, NULL, NULL, NULL, '1970-01-01 00:00:00+00',
  '0', '{"emoji": "😀"}', '{"k": "\u00e9"}', '{-1}', '{"😀"}', '{{NULL,NULL}}', NULL,
- NULL, NULL, NULL, NULL),
+ NULL, NULL, NULL, DEFAULT),
 (5, 1, 1, 1, '0.000000000000000000000000000001', 0.01, '0.1', '0.1', false, '\.', '\.',
  '\.', '\\', NULL, '1999-12-31', '00:00:00.000001', NULL, '1999-12-31 23:59:59.999999',
  '1999-12-31 23:59:59.999999-08', NULL, '{"a":1}', '{"a":1}', NULL, NULL, NULL, 'ok',
- NULL, NULL, NULL, 5),
+ NULL, NULL, 5, DEFAULT),
 (6, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, '', NULL, NULL, '', NULL, NULL, NULL,
- NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL),
-(7, 7, 7, 7, '7', 7, '=1+2', '7', true, '=cmd|'' /C calc''!A0', '+x', '-y', NULL, NULL,
- NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, 7, 7);
+ NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, DEFAULT),
+(7, 7, 7, 7, '7', 7, '7', '7', true, '=cmd|'' /C calc''!A0', '+x', '-y', NULL, NULL,
+ NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, 7, DEFAULT);
 
 -- Order lines: a composite key, a text key elsewhere, enough rows for several ranges.
 CREATE TABLE shop.lines (
@@ -125,18 +125,26 @@ DATASETS_TOML = """
 [datasets.everything]
 table = "shop.everything"
 description = "Every common type, with hostile values"
-filters = { i4 = ["eq", "gt", "lt", "in", "is"], body = ["eq", "like", "ilike", "is"],
-            feeling = ["eq", "in"], stamp_tz = ["gte", "lt"], uid = ["eq"], flag = ["is", "eq"],
-            num = ["gt"], docb = ["is"] }
+[datasets.everything.filters]
+i4 = ["eq", "gt", "lt", "in", "is"]
+body = ["eq", "like", "ilike", "is"]
+feeling = ["eq", "in"]
+stamp_tz = ["gte", "lt"]
+uid = ["eq"]
+flag = ["is", "eq"]
+num = ["gt"]
+docb = ["is"]
 
 [datasets.lines]
 table = "shop.lines"
 key = ["order_id", "line_no"]
 columns = ["order_id", "line_no", "sku", "placed_at", "total", "status", "note"]
 default_columns = ["order_id", "line_no", "total"]
-filters = { status = ["eq", "in"], placed_at = ["gte", "lt"], total = ["gte", "lt"],
-            note = ["is", "like"] }
 description = "Order lines"
+filters.status = ["eq", "in"]
+filters.placed_at = ["gte", "lt"]
+filters.total = ["gte", "lt"]
+filters.note = ["is", "like"]
 
 [datasets.by_sku]
 table = "shop.lines"
@@ -153,7 +161,7 @@ filters = { customer = ["eq"] }
 [datasets.recent]
 query = \"\"\"
 SELECT l.order_id, l.line_no, l.placed_at, l.total, c.name AS customer
-FROM shop.lines l JOIN shop.customers c ON c.code = 'c' || (1 + l.order_id % 50)
+FROM shop.lines l JOIN shop.customers c ON c.code = 'c' || (1 + l.order_id %% 50)
 WHERE l.placed_at >= %(since)s AND l.sku LIKE 'sku-%%'
 \"\"\"
 key = ["order_id", "line_no"]
