@@ -36,7 +36,9 @@ import trio
 
 from bench.common import EXPORTS, machine, save_results, seeded_database, service
 from bench.health import HealthSampler, summary
+from exporter.core.datasets import USERS
 from exporter.core.request import parse_export_request
+from exporter.export.catalog import resolve_datasets
 from exporter.export.connection import libpq_options
 from exporter.export.query import copy_statement
 from tests.support.load import DOWNLOADED, EXPORT_KINDS, Load
@@ -46,14 +48,14 @@ MB = 1e6
 
 def oracle_sha256(conninfo: str, params: dict[str, str]) -> str:
     """SHA-256 of what PostgreSQL's COPY writes for the export ``params`` describe."""
-    statement, values = copy_statement(parse_export_request(params))
+    request = parse_export_request(params)
+    dataset = resolve_datasets(conninfo, [USERS])[USERS.name]
     digest = hashlib.sha256()
-    with (
-        psycopg.connect(conninfo, options=libpq_options()) as conn,
-        conn.cursor().copy(statement, values) as copy,
-    ):
-        for chunk in copy:
-            digest.update(chunk)
+    with psycopg.connect(conninfo, options=libpq_options()) as conn:
+        statement = copy_statement(conn, dataset, request)
+        with conn.cursor().copy(statement) as copy:
+            for chunk in copy:
+                digest.update(chunk)
     return digest.hexdigest()
 
 

@@ -26,10 +26,12 @@ import trio_asyncio  # noqa: F401  (before psycopg: see exporter.jobs.postgres_q
 import psycopg
 
 from bench.common import DATA, EXPORTS, machine, save_results, seeded_database, service
+from exporter.core.datasets import USERS
 from exporter.core.model import ExportRequest
 from exporter.core.request import parse_export_request
+from exporter.export.catalog import resolve_datasets
 from exporter.export.connection import libpq_options
-from exporter.export.query import export_select
+from exporter.export.query import export_select, from_item
 
 # (name, export parameters, the service's environment)
 SCENARIOS: list[tuple[str, dict[str, str], dict[str, str]]] = [
@@ -42,12 +44,11 @@ SCENARIOS: list[tuple[str, dict[str, str], dict[str, str]]] = [
 
 
 def psql_copy(conninfo: str, request: ExportRequest, out: Path) -> float:
-    select, params = export_select(request)
+    dataset = resolve_datasets(conninfo, [USERS])[USERS.name]
     with psycopg.connect(conninfo) as conn:
-        text = select.as_string(conn)
-        # Parameters inlined as literals: \copy takes no bind parameters.
-        for name, value in params.items():
-            text = text.replace(f"%({name})s", psycopg.sql.Literal(value).as_string(conn))
+        # The export's own SELECT: its values are literals already (\copy takes no
+        # bind parameters).
+        text = export_select(dataset, request, from_item(conn, dataset, request)).as_string(conn)
         d = psycopg.sql.Literal(request.delimiter).as_string(conn)
         q = psycopg.sql.Literal(request.quote_char).as_string(conn)
     command = f"\\copy ({text}) TO '{out}' WITH (FORMAT csv, HEADER true, DELIMITER {d}, QUOTE {q})"

@@ -408,3 +408,21 @@ async def test_an_export_resumes_after_its_checkpoint_key(
         resume=checkpoints[1],
     )  # fmt: skip
     assert (tmp_path / f"{export_id}.csv").read_bytes() == copy_oracle(database, request, datasets)
+
+
+async def test_a_query_that_must_sort_everything_runs_as_one_statement(
+    start_server: StartServer, database: str, shop: object, tmp_path: Path
+) -> None:
+    text = DATASETS_TOML + (
+        '\n[datasets.per_status]\nquery = "SELECT status::text AS status, count(*) AS lines,'
+        ' sum(total) AS total FROM shop.lines GROUP BY status"\nkey = "status"\n'
+    )
+    path = write_datasets_file(tmp_path, text)
+    datasets = resolve_datasets(database, load_datasets_file(path))
+    assert not datasets["per_status"].ranged and datasets["recent"].ranged
+    server = await start_server(exporter_datasets=path, batch_rows=1)
+    assert (await server.client.get("/datasets/per_status")).json()["resumable"] is False
+    _, body = await _export(server, "per_status", {})
+    request = parse_dataset_request(datasets["per_status"], {})
+    assert body == copy_oracle(database, request, datasets)
+    assert body.count(b"\n") == 4

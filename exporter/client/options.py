@@ -191,7 +191,9 @@ def export_target(args: argparse.Namespace) -> ExportTarget:
     """What ``exporter export``'s options ask for; ``OptionError`` when they do not go
     together (the users export's options with another dataset's, or with a dataset's
     options without a dataset)."""
-    legacy = [p.option for p in _LEGACY if getattr(args, p.field) not in (None, False)]
+    legacy = [
+        "/".join((p.option, *p.aliases)) for p in _LEGACY if getattr(args, p.field) is not None
+    ]
     options = (("--select", args.select is not None), ("--filter", args.filters))
     given = [name for name, value in (*options, ("--param", args.params)) if value]
     if args.dataset is None and given:

@@ -27,6 +27,7 @@ from typing import Any
 import trio_asyncio  # noqa: F401  (before psycopg: see exporter.jobs.postgres_queue)
 import psycopg
 from psycopg import sql
+from psycopg.adapt import Dumper
 
 from exporter.core.datasets import (
     Column,
@@ -113,6 +114,32 @@ WHERE i.indrelid = %s AND i.indisvalid AND am.amname = 'btree' AND i.indpred IS 
   AND (i.indkey::int2[])[0:%s] = %s::int2[]
 """
 _TRUE = ("true", "on", "yes", "1")
+
+
+class _Unknown:
+    """A saved query's parameter whose value the planner must not see: planned with
+    ``NULL`` a comparison folds to false and the plan says nothing of the real one."""
+
+    def __init__(self, type_name: str) -> None:
+        self.type_name = type_name
+
+
+class _UnknownDumper(Dumper):
+    """Writes an ``_Unknown`` as ``(SELECT NULL::type)``: a value the planner cannot fold,
+    so it plans as for any value (psycopg's quoting hook, only for the plan's check)."""
+
+    def dump(self, obj: Any) -> bytes:
+        raise TypeError("an unknown parameter is only written into a statement")
+
+    def quote(self, obj: Any) -> bytes:
+        return f"(SELECT NULL::{obj.type_name})".encode()
+
+
+def _generic_query(conn: psycopg.Connection[Any], query: str, params: Mapping[str, Column]) -> str:
+    """A saved query with each parameter a value unknown to the planner."""
+    cursor = psycopg.ClientCursor(conn)
+    cursor.adapters.register_dumper(_Unknown, _UnknownDumper)
+    return cursor.mogrify(query, {name: _Unknown(p.cast) for name, p in params.items()})
 
 
 class _Resolver:
@@ -202,8 +229,9 @@ class _Resolver:
             ).fetchone()
             assert row is not None
             columns.append(self._column(described.name, row[0], row[1]))
-        # For the checks (its parameters NULL); an export writes in the request's.
-        return f"({text}) AS {QUERY_ALIAS}", columns, params
+        # For the plan's check, its parameters unknown; an export writes in the request's.
+        generic = _generic_query(self.conn, spec.relation, params)
+        return f"({generic}) AS {QUERY_ALIAS}", columns, params
 
     def key(self, columns: Sequence[Column], not_null: dict[str, bool], oid: int | None) -> None:
         """A table's key: NOT NULL, and unique by an index on exactly its columns."""

@@ -1,16 +1,24 @@
 """The OpenAPI 3.1 description of the API, served at ``/openapi.json``.
 
 Kept true by ``tests/test_openapi.py``, which compares its paths and methods with the
-app's real routes and checks real responses against its schemas.
+app's real routes and checks real responses against its schemas, and by
+``tests/test_openapi_datasets.py`` for the datasets' paths.
+
+Each declared dataset has paths of its own (``/datasets/NAME``, ``/datasets/NAME/exports``)
+made from what is known of it: a resolved ``Dataset`` gives its columns' names and
+PostgreSQL types, so each filter's values are described by the column's kind; a bare
+``DatasetSpec`` (the database not reached yet) gives only the names the file declares.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import exporter
-from exporter.core.model import TIERS, USER_COLUMNS, ExportStatus
-from exporter.core.request import PARAMETERS
+from exporter.core.datasets import OPERATORS, USERS, Column, Dataset, DatasetSpec
+from exporter.core.model import TIERS, ExportStatus
+from exporter.core.request import DIALECT_PARAMETERS, PARAMETERS, SELECT
 from exporter.http.documents import DEFAULT_LIST_LIMIT, EVENT_INTERVAL, MAX_LIST_LIMIT
 
 __all__ = ["openapi_document"]
@@ -77,10 +85,34 @@ _SCHEMAS: dict[str, Any] = {
         "properties": {
             "country_code": {"type": ["string", "null"]},
             "subscription_tier": {"type": ["string", "null"], "enum": [*TIERS, None]},
-            "columns": {"type": "array", "items": {"type": "string", "enum": list(USER_COLUMNS)}},
+            # Any dataset's columns, those of a dataset since removed from the file too.
+            "columns": {"type": "array", "items": {"type": "string"}},
             "delimiter": {"type": "string"},
             "quoteChar": {"type": "string"},
             "neutralizeFormulas": {"type": "boolean"},
+            # Only in a request made in a dataset's form (POST /datasets/NAME/exports).
+            "dataset": {"type": "string"},
+            "filters": {"type": "array", "items": {"$ref": "#/components/schemas/Filter"}},
+            "params": {
+                "type": "object",
+                "description": "A saved query's parameters, each as the text of its value.",
+                "additionalProperties": {"type": "string"},
+            },
+        },
+    },
+    "Filter": {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["column", "operator", "value", "not"],
+        "properties": {
+            "column": {"type": "string"},
+            "operator": {"type": "string", "enum": list(OPERATORS)},
+            "value": {
+                "description": "The value in the column type's canonical text; a list for "
+                "in; null, not_null, true or false for is.",
+                "oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}],
+            },
+            "not": {"type": "boolean"},
         },
     },
     "ExportCreated": {
@@ -100,6 +132,8 @@ _SCHEMAS: dict[str, Any] = {
             "status",
             "progress",
             "request",
+            "dataset",
+            "filters",
             "error",
             "createdAt",
             "startedAt",
@@ -129,6 +163,12 @@ _SCHEMAS: dict[str, Any] = {
                 },
             },
             "request": {"$ref": "#/components/schemas/ExportRequest"},
+            "dataset": {"type": "string", "description": "The dataset exported."},
+            "filters": {
+                "type": "array",
+                "description": "Every filter of the export, as col=[not.]op.value.",
+                "items": {"type": "string"},
+            },
             "error": {"type": ["string", "null"]},
             "createdAt": {"type": "string", "format": "date-time"},
             "startedAt": _TIME,
@@ -175,6 +215,73 @@ _SCHEMAS: dict[str, Any] = {
             "exportStore": {"type": "string", "enum": ["up"]},
         },
     },
+    # Dataset.describe(), key for key.
+    "Dataset": {
+        "type": "object",
+        "additionalProperties": False,
+        "required": [
+            "name",
+            "description",
+            "source",
+            "key",
+            "columns",
+            "defaultColumns",
+            "filters",
+            "params",
+            "maxRows",
+            "resumable",
+            "exportsUrl",
+        ],
+        "properties": {
+            "name": {"type": "string"},
+            "description": {"type": "string"},
+            "source": {"type": "string", "enum": ["table", "view", "query"]},
+            "key": {
+                "type": "array",
+                "minItems": 1,
+                "description": "The columns that order the rows and mark checkpoints.",
+                "items": {"type": "string"},
+            },
+            "columns": {
+                "type": "array",
+                "description": "The exposed columns, with their PostgreSQL types.",
+                "items": {
+                    "type": "object",
+                    "additionalProperties": False,
+                    "required": ["name", "type"],
+                    "properties": {"name": {"type": "string"}, "type": {"type": "string"}},
+                },
+            },
+            "defaultColumns": {"type": "array", "items": {"type": "string"}},
+            "filters": {
+                "type": "object",
+                "description": "The filterable columns and their operators.",
+                "additionalProperties": {
+                    "type": "array",
+                    "items": {"type": "string", "enum": list(OPERATORS)},
+                },
+            },
+            "params": {
+                "type": "object",
+                "description": "A saved query's parameters and their PostgreSQL types.",
+                "additionalProperties": {"type": "string"},
+            },
+            "maxRows": {"type": ["integer", "null"], "minimum": 1},
+            "resumable": {
+                "type": "boolean",
+                "description": "An export of it checkpoints, and resumes after a takeover.",
+            },
+            "exportsUrl": {"type": "string"},
+        },
+    },
+    "DatasetList": {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["datasets"],
+        "properties": {
+            "datasets": {"type": "array", "items": {"$ref": "#/components/schemas/Dataset"}}
+        },
+    },
 }
 
 
@@ -205,11 +312,13 @@ _DOWNLOAD_HEADERS: dict[str, Any] = {
 }
 
 
-def openapi_document() -> dict[str, Any]:
-    """The OpenAPI 3.1 document of the API, as ``GET /openapi.json`` serves it."""
-    document = _document()
+def openapi_document(datasets: Sequence[Dataset | DatasetSpec] | None = None) -> dict[str, Any]:
+    """The OpenAPI 3.1 document of the API, as ``GET /openapi.json`` serves it, with the
+    paths of ``datasets`` (default: the built-in ``users``, as declared)."""
+    document = _document([USERS] if datasets is None else datasets)
     for path, operations in document["paths"].items():
-        if path.startswith("/exports"):
+        # API_TOKEN guards both (exporter.http.app).
+        if path.startswith(("/exports", "/datasets")):
             for operation in operations.values():
                 # Optional: {} admits a request without credentials (no API_TOKEN set).
                 operation["security"] = [{"bearer": []}, {}]
@@ -226,24 +335,31 @@ def openapi_document() -> dict[str, Any]:
     return document
 
 
-def _document() -> dict[str, Any]:
+def _document(datasets: Sequence[Dataset | DatasetSpec]) -> dict[str, Any]:
     return {
         "openapi": "3.1.0",
         "info": {
             "title": "exporter",
             "version": exporter.__version__,
-            "description": "Exports PostgreSQL users to CSV in the background and serves "
-            "the files. Errors are application/problem+json (RFC 9457).",
+            "description": "Exports PostgreSQL datasets (tables, views, saved queries) to "
+            "CSV in the background and serves the files. Errors are "
+            "application/problem+json (RFC 9457).",
         },
-        "paths": {**_export_paths(), **_one_export_paths(), **_service_paths()},
+        "paths": {
+            **_export_paths(),
+            **_one_export_paths(),
+            **_dataset_paths(datasets),
+            **_service_paths(),
+        },
         "components": {
             "schemas": _SCHEMAS,
             "securitySchemes": {
                 "bearer": {
                     "type": "http",
                     "scheme": "bearer",
-                    "description": "Needed on /exports routes when the service has an "
-                    "API_TOKEN; without one the service must sit behind an authenticating proxy.",
+                    "description": "Needed on /exports and /datasets routes when the service "
+                    "has an API_TOKEN; without one the service must sit behind an "
+                    "authenticating proxy.",
                 }
             },
         },
@@ -492,3 +608,307 @@ def _service_paths() -> dict[str, Any]:
             }
         },
     }
+
+
+# -- datasets ------------------------------------------------------------------------------
+#
+# A filter's schema admits a value only in a form its column's parser accepts (the
+# canonical forms, within the type's range), so that whatever a client or a fuzzer draws
+# from it is a valid request; the parser accepts a little more (``+5``, ``{uuid}``).
+
+_ISO_DATE = r"[1-9][0-9]{3}-(0[1-9]|1[0-2])-(0[1-9]|1[0-9]|2[0-8])"
+_ISO_TIME = r"([01][0-9]|2[0-3]):[0-5][0-9](:[0-5][0-9](\.[0-9]{1,6})?)?"
+_HEX = "[0-9a-fA-F]"
+# A value by the kind of its column; None: no value of it can be compared.
+_VALUES: dict[str, str] = {
+    "numeric": r"-?[0-9]{1,20}(\.[0-9]{1,20})?|NaN|-?Infinity",
+    # Small enough exponents that a real (float4) holds every one.
+    "float": r"-?[0-9]{1,15}(\.[0-9]{1,6})?([eE]-?[0-9])?|NaN|-?Infinity",
+    "boolean": "true|false",
+    "uuid": f"{_HEX}{{8}}-{_HEX}{{4}}-{_HEX}{{4}}-{_HEX}{{4}}-{_HEX}{{12}}",
+    "date": f"{_ISO_DATE}|-?infinity",
+    "timestamp": f"{_ISO_DATE}T{_ISO_TIME}|-?infinity",
+    "timestamptz": rf"{_ISO_DATE}T{_ISO_TIME}(Z|[+-](0[0-9]|1[0-3]):[0-5][0-9])?|-?infinity",
+    "time": _ISO_TIME,
+}
+# Digits that always fit, by integer type (a bigint's 19th digit may not).
+_INTEGER_DIGITS = {"smallint": 4, "integer": 9, "bigint": 18}
+# What ECMA-262 (JSON Schema's patterns) and Python's re both read escaped as a literal.
+_SYNTAX = frozenset("^$\\.*+?()[]{}|/")
+# Python strips these from an unquoted in-list item; ECMA's \s misses some of them.
+_SPACE = r"\s\x1c-\x1f\x85"
+_QUOTED_CHAR = r'([^"\\\x00]|\\[^\x00])'
+
+
+def _literal(text: str) -> str:
+    return "".join("\\" + c if c in _SYNTAX else c for c in text)
+
+
+def _items(label: str) -> list[str]:
+    """The ways an ``in`` list's item may say ``label`` (``exporter.core.filters``): in
+    quotes, and bare unless that would change it."""
+    quoted = '"' + label.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if label and label == label.strip() and not any(c in label for c in ',()"\\ '):
+        return [label, quoted]
+    return [quoted]
+
+
+def _value_pattern(column: Column) -> str | None:
+    """What one value of ``column`` may be, as a regular expression; None if none."""
+    if column.kind == "integer":
+        return f"-?[0-9]{{1,{_INTEGER_DIGITS.get(column.cast, 18)}}}"
+    if column.kind == "text":
+        return "[^\\x00]*" if column.max_length is None else f"[^\\x00]{{0,{column.max_length}}}"
+    if column.kind == "enum":
+        return "|".join(_literal(label) for label in column.labels) or None
+    return _VALUES.get(column.kind)
+
+
+def _item_pattern(column: Column) -> str | None:
+    """One item of an ``in`` list of ``column``'s values (never empty: ``in.()`` is not)."""
+    if column.kind == "enum":
+        return "|".join(_literal(item) for label in column.labels for item in _items(label)) or None
+    if column.kind != "text":
+        value = _value_pattern(column)  # holds no comma, quote or backslash
+        return None if value is None else f'{value}|"({value})"'
+    if column.max_length is not None:
+        n = column.max_length
+        return f'"{_QUOTED_CHAR}{{1,{n}}}"|[^,"\\x00{_SPACE}]{{1,{n}}}'
+    unquoted = f'[^,"\\x00]*[^,"\\x00{_SPACE}][^,"\\x00]*'
+    return f'"{_QUOTED_CHAR}+"|{unquoted}'
+
+
+def _operator_pattern(operator: str, column: Column) -> str | None:
+    """``op.value`` for ``column``, as a regular expression; None if no value fits."""
+    if operator == "is":
+        return (
+            r"is\.(null|not_null|true|false)"
+            if column.kind == "boolean"
+            else r"is\.(null|not_null)"
+        )
+    if operator in ("like", "ilike"):
+        return operator + r"\.[^\x00]*"
+    if operator == "in":
+        item = _item_pattern(column)
+        return None if item is None else rf"in\.\(({item})(,({item}))*\)"
+    value = _value_pattern(column)
+    return None if value is None else rf"{operator}\.({value})"
+
+
+def _filter_pattern(operators: Sequence[str], column: Column | None) -> str | None:
+    """A filter's text, ``[not.]op.value``: the value by the column's kind when it is
+    known, else anything after one of the operators."""
+    if column is None:
+        return rf"^(not\.)?({'|'.join(operators)})\."
+    alternatives = [p for op in operators if (p := _operator_pattern(op, column)) is not None]
+    return rf"^(not\.)?({'|'.join(alternatives)})$" if alternatives else None
+
+
+def _columns_of(dataset: Dataset | DatasetSpec) -> tuple[str, ...] | None:
+    """The exposed columns' names; None when the file leaves them to the database."""
+    return dataset.column_names if isinstance(dataset, Dataset) else dataset.columns
+
+
+def _column(dataset: Dataset | DatasetSpec, name: str) -> Column | None:
+    return dataset.column(name) if isinstance(dataset, Dataset) else None
+
+
+def _select_parameter(dataset: Dataset | DatasetSpec) -> dict[str, Any]:
+    names = _columns_of(dataset)
+    # The parser splits at commas and strips each name: no other name can be selected.
+    selectable = [n for n in names or () if "," not in n and n == n.strip()]
+    item: dict[str, Any] = (
+        {"type": "string", "enum": selectable}
+        if names is not None
+        else {"type": "string", "pattern": r"^[^,\s]([^,]*[^,\s])?$"}
+    )
+    defaults = dataset.default_columns if isinstance(dataset, Dataset) else None
+    default = "" if defaults is None else f": {','.join(defaults)}"
+    return {
+        "name": SELECT,
+        "in": "query",
+        "description": f"The columns, comma-separated in the order wanted, each once; "
+        f"default the dataset's default columns{default}.",
+        "style": "form",
+        "explode": False,
+        "schema": {"type": "array", "minItems": 1, "uniqueItems": True, "items": item},
+    }
+
+
+def _filter_parameters(dataset: Dataset | DatasetSpec, taken: set[str]) -> list[dict[str, Any]]:
+    """One query parameter a filterable column, which may be repeated (every one holds)."""
+    found = []
+    for name, operators in dataset.filters.items():
+        column = _column(dataset, name)
+        pattern = _filter_pattern(operators, column)
+        if name in taken or pattern is None:
+            continue  # the parser reads that name as another parameter, or no value fits
+        typed = "of a type known once the service has reached the database"
+        if column is not None:
+            typed = f"a PostgreSQL {column.type}"
+        found.append(
+            {
+                "name": name,
+                "in": "query",
+                "description": f"Only rows whose {name} ({typed}) passes the filter "
+                f"[not.]op.value, op one of {', '.join(operators)}: in.(a,b) lists values "
+                '(quote one holding a comma, a parenthesis, a quote or a space: in.("a,b")), '
+                "is.null or is.not_null. Repeat it for more filters; every one must hold.",
+                "style": "form",
+                "explode": True,
+                "schema": {
+                    "type": "array",
+                    "minItems": 1,
+                    "items": {"type": "string", "pattern": pattern},
+                },
+            }
+        )
+    return found
+
+
+def _param_parameters(dataset: Dataset | DatasetSpec, taken: set[str]) -> list[dict[str, Any]]:
+    """A saved query's parameters: each required, once."""
+    found = []
+    for name, declared in dataset.params.items():
+        if name in taken:
+            continue
+        schema: dict[str, Any] = {"type": "string"}
+        pattern = _value_pattern(declared) if isinstance(declared, Column) else None
+        if pattern is not None:
+            schema["pattern"] = f"^({pattern})$"
+        type_name = declared.type if isinstance(declared, Column) else declared
+        found.append(
+            {
+                "name": name,
+                "in": "query",
+                "required": True,
+                "description": f"The saved query's parameter {name}, a {type_name} "
+                "(here or in the JSON body).",
+                "schema": schema,
+            }
+        )
+    return found
+
+
+def _dataset_parameters(dataset: Dataset | DatasetSpec) -> list[dict[str, Any]]:
+    """Every parameter of an export of ``dataset``, each name once: the parser reads
+    ``select`` first, then the dialect's, a saved query's, and the rest as filters."""
+    dialect = [
+        {"name": p.name, "in": "query", "description": p.description, "schema": p.query_schema}
+        for p in DIALECT_PARAMETERS
+    ]
+    taken = {SELECT, *(p.name for p in DIALECT_PARAMETERS)}
+    params = _param_parameters(dataset, taken)
+    taken |= {p["name"] for p in params}
+    return [_select_parameter(dataset), *params, *_filter_parameters(dataset, taken), *dialect]
+
+
+def _dataset_body(parameters: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """The JSON body: the same names, a repeated filter as a list, ``select`` a list or
+    a comma-separated string."""
+    dialect = {p.name: p.json_schema for p in DIALECT_PARAMETERS}
+    properties: dict[str, Any] = {}
+    for parameter in parameters:
+        name, schema = parameter["name"], parameter["schema"]
+        if name in dialect:
+            properties[name] = dialect[name]
+        elif name == SELECT:
+            names = schema["items"].get("enum")
+            text = {"type": "string", "minLength": 1}
+            if names:
+                one = "(" + "|".join(_literal(n) for n in names) + ")"
+                text = {"type": "string", "pattern": f"^{one}(,{one})*$"}
+            properties[name] = {"oneOf": [text, schema]}
+        elif schema.get("type") == "array":
+            properties[name] = {"oneOf": [schema["items"], schema]}
+        else:
+            properties[name] = schema
+    return {"type": "object", "additionalProperties": False, "properties": properties}
+
+
+_NOT_RESOLVED = (
+    "The datasets have not been resolved against the database yet (it has not been "
+    "reached), or the job database is unreachable."
+)
+
+
+def _describe_operation(dataset: Dataset | DatasetSpec) -> dict[str, Any]:
+    name = dataset.name
+    return {
+        "operationId": f"getDataset_{name}",
+        "summary": f"The dataset {name}: its columns and their types, filters and key",
+        "description": dataset.description,
+        "responses": {
+            "200": {
+                "description": f"What an export of {name} may ask for.",
+                "content": {
+                    "application/json": {
+                        "schema": {
+                            "allOf": [
+                                {"$ref": "#/components/schemas/Dataset"},
+                                {"properties": {"name": {"const": name}}},
+                            ]
+                        }
+                    }
+                },
+            },
+            "404": _problem_response("No such dataset."),
+            "503": _problem_response(_NOT_RESOLVED),
+        },
+    }
+
+
+def _export_operation(dataset: Dataset | DatasetSpec) -> dict[str, Any]:
+    name = dataset.name
+    parameters = _dataset_parameters(dataset)
+    return {
+        "operationId": f"createDatasetExport_{name}",
+        "summary": f"Start an export of {name} (parameters in the query string or a JSON body)",
+        "description": dataset.description,
+        "parameters": parameters,
+        "requestBody": {
+            "required": False,
+            "content": {"application/json": {"schema": _dataset_body(parameters)}},
+        },
+        "responses": {
+            "202": {
+                "description": "Accepted; the export runs in the background.",
+                "headers": {"Location": {"schema": {"type": "string"}}},
+                "content": {
+                    "application/json": {"schema": {"$ref": "#/components/schemas/ExportCreated"}}
+                },
+            },
+            "400": _problem_response("A parameter is invalid; errors names it."),
+            "404": _problem_response("No such dataset."),
+            "413": _problem_response("The request body is too large."),
+            "429": _problem_response("The queue is full; see Retry-After."),
+            "503": _problem_response(_NOT_RESOLVED),
+        },
+    }
+
+
+def _dataset_paths(datasets: Sequence[Dataset | DatasetSpec]) -> dict[str, Any]:
+    """``/datasets``, and a path of its own for each dataset's description and exports."""
+    paths: dict[str, Any] = {
+        "/datasets": {
+            "get": {
+                "operationId": "listDatasets",
+                "summary": "Every dataset: its columns and their types, filters and key",
+                "responses": {
+                    "200": {
+                        "description": "The datasets.",
+                        "content": {
+                            "application/json": {
+                                "schema": {"$ref": "#/components/schemas/DatasetList"}
+                            }
+                        },
+                    },
+                    "503": _problem_response(_NOT_RESOLVED),
+                },
+            }
+        }
+    }
+    for dataset in datasets:
+        paths[f"/datasets/{dataset.name}"] = {"get": _describe_operation(dataset)}
+        paths[f"/datasets/{dataset.name}/exports"] = {"post": _export_operation(dataset)}
+    return paths

@@ -134,8 +134,15 @@ async def prometheus_metrics() -> Response:
 
 @routes.get("/openapi.json")
 async def openapi() -> dict[str, Any]:
-    """``GET /openapi.json``."""
-    return openapi_document()
+    """``GET /openapi.json``: a path per declared dataset, with its columns' types once it
+    has been resolved against the database (before, what the file declares). Built each
+    time: it is cheap, and the datasets are resolved at some point after the start."""
+    datasets = services().jobs.datasets
+    if datasets is None:
+        return openapi_document()
+    if datasets.is_resolved:
+        return openapi_document(list(datasets.values()))
+    return openapi_document(datasets.specs)
 
 
 async def _export_params() -> dict[str, object]:
