@@ -153,8 +153,8 @@ def _add_datasets(commands: Any, common: argparse.ArgumentParser) -> None:
         "datasets",
         parents=[common],
         help="list the datasets the service exports (their columns, filters, key)",
-        description="List the datasets the service exports; `show NAME` one of them; "
-        "`check FILE` checks a datasets file against the database (DATABASE_URL).",
+        description="List the datasets the service exports (`show NAME`: one of them);"
+        " `check FILE` checks a datasets file against the database (DATABASE_URL).",
     )
     datasets.add_argument("--json", action="store_true", help="the service's document")
     actions = datasets.add_subparsers(dest="datasets_command", metavar="{show,check}")
