@@ -735,6 +735,27 @@ def _select_parameter(dataset: Dataset | DatasetSpec) -> dict[str, Any]:
     }
 
 
+def _filter_description(name: str, operators: Sequence[str], column: Column | None) -> str:
+    typed = "of a type known once the service has reached the database"
+    if column is not None:
+        typed = f"a PostgreSQL {column.type}"
+    words = [
+        f"Only rows whose {name} ({typed}) passes the filter [not.]op.value, "
+        f"op one of {', '.join(operators)}."
+    ]
+    if "in" in operators:
+        words.append(
+            "in.(a,b) lists values; quote one that holds a comma, a parenthesis, a quote "
+            'or a space: in.("a,b").'
+        )
+    if "is" in operators:
+        words.append("is.null or is.not_null.")
+    if "like" in operators or "ilike" in operators:
+        words.append("In a like pattern * stands for %.")
+    words.append("Repeat the parameter for more filters: every one must hold.")
+    return " ".join(words)
+
+
 def _filter_parameters(dataset: Dataset | DatasetSpec, taken: set[str]) -> list[dict[str, Any]]:
     """One query parameter a filterable column, which may be repeated (every one holds)."""
     found = []
@@ -743,17 +764,11 @@ def _filter_parameters(dataset: Dataset | DatasetSpec, taken: set[str]) -> list[
         pattern = _filter_pattern(operators, column)
         if name in taken or pattern is None:
             continue  # the parser reads that name as another parameter, or no value fits
-        typed = "of a type known once the service has reached the database"
-        if column is not None:
-            typed = f"a PostgreSQL {column.type}"
         found.append(
             {
                 "name": name,
                 "in": "query",
-                "description": f"Only rows whose {name} ({typed}) passes the filter "
-                f"[not.]op.value, op one of {', '.join(operators)}: in.(a,b) lists values "
-                '(quote one holding a comma, a parenthesis, a quote or a space: in.("a,b")), '
-                "is.null or is.not_null. Repeat it for more filters; every one must hold.",
+                "description": _filter_description(name, operators, column),
                 "style": "form",
                 "explode": True,
                 "schema": {
