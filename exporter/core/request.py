@@ -61,22 +61,12 @@ def _tier(raw: object) -> str:
 
 
 def _columns(raw: object) -> tuple[str, ...]:
-    if isinstance(raw, list) and all(isinstance(c, str) for c in raw):
-        names = [c.strip() for c in raw]
-    elif isinstance(raw, str):
-        names = [c.strip() for c in raw.split(",")]
-    else:
-        raise _Invalid("must be a comma-separated string or a list of names")
-    if not names or names == [""]:
-        raise _Invalid("must name at least one column")
+    names = _names(raw)
     unknown = [n for n in names if n not in USER_COLUMNS]
     if unknown:
         shown = ", ".join(repr(n[:40]) for n in unknown[:5])
         raise _Invalid(f"unknown column {shown}; allowed: {', '.join(USER_COLUMNS)}")
-    duplicates = sorted({n for n in names if names.count(n) > 1})
-    if duplicates:
-        raise _Invalid(f"duplicate column {', '.join(duplicates)}")
-    return tuple(names)
+    return names
 
 
 def _single_char(raw: object) -> str:
