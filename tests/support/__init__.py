@@ -38,10 +38,10 @@ from prometheus_client.parser import text_string_to_metric_families
 from psycopg.conninfo import make_conninfo
 
 from exporter.core.config import ROW_SOURCES, Settings
-from exporter.core.model import ExportRequest
-from exporter.export.connection import libpq_options
 from exporter.core.datasets import USERS, Datasets
+from exporter.core.model import ExportRequest
 from exporter.export.catalog import resolve_datasets
+from exporter.export.connection import libpq_options
 from exporter.export.query import copy_statement
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -60,7 +60,7 @@ INSERT INTO shop.everything VALUES
  '{1,NULL,3}', '{"a,b","c\"d",NULL,"NULL",""}', '{{1,2},{3,4}}', 'sad',
  '192.168.0.1/24', '10.0.0.0/8', 1, DEFAULT),
 (2, 32767, 2147483647, 9223372036854775807, 'Infinity', 9999999999.99, 'NaN', 'Infinity',
- false, E'quote " comma , semicolon ; tab \t end', 'x,y', 'a"b', '\x', 
+ false, E'quote " comma , semicolon ; tab \t end', 'x,y', 'a"b', '\x',
  'ffffffff-ffff-ffff-ffff-ffffffffffff', '294276-12-31', '23:59:59.999999',
  '23:59:59.999999-15:59', '294276-12-31 23:59:59.999999', 'infinity',
  '1 year 2 mons 3 days 04:05:06.789', '[]', '[]', '{}', '{}', '{}', 'ok', '::1', '::/0',
