@@ -749,7 +749,10 @@ def _filter_description(name: str, operators: Sequence[str], column: Column | No
             'or a space: in.("a,b").'
         )
     if "is" in operators:
-        words.append("is.null or is.not_null.")
+        boolean = column is not None and column.kind == "boolean"
+        words.append(
+            "is.null, is.not_null, is.true or is.false." if boolean else "is.null or is.not_null."
+        )
     if "like" in operators or "ilike" in operators:
         words.append("In a like pattern * stands for %.")
     words.append("Repeat the parameter for more filters: every one must hold.")
