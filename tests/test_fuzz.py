@@ -49,6 +49,9 @@ OPERATIONS = [
     ("GET", "/health"),
     ("GET", "/ready"),
     ("GET", "/metrics"),
+    ("GET", "/datasets"),
+    ("GET", "/datasets/users"),
+    ("POST", "/datasets/users/exports"),
 ]
 
 
