@@ -121,6 +121,8 @@ def _problems(database: str, tmp_path: Path, text: str) -> list[tuple[str | None
          "no type 'integr'"),
         ('query = "SELECT \'{}\'::json AS id"\nkey = "id"', "key", "cannot order the rows"),
         ('view = "shop.leaky"\nkey = "id"', "view", "row-level security"),
+        ('query = "SELECT %(delimiter)s::int AS id"\nkey = "id"\nparams = { delimiter = "int" }',
+         "params", "the name of a column or of an export parameter"),
         ('view = "shop.big_lines"\nkey = "nope"', "key", "no column 'nope'"),
     ],
 )  # fmt: skip

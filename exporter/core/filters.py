@@ -1,7 +1,8 @@
 """Filters in PostgREST's form, ``col=[not.]op.value``, parsed by the column's type: pure.
 
 ``parse_filter`` turns one parameter into a ``Filter`` whose value is the canonical text
-of a value of the column's type (``gte.2024-1-5`` on a date is ``2024-01-05``), or raises
+of a value of the column's type (``gte.2024-01-05T10:00Z`` on a timestamptz is
+``2024-01-05T10:00:00+00:00``), or raises
 ``FilterInvalid`` with a sentence naming what the column expects. The value then reaches
 SQL only as a quoted literal cast to the column's type (``exporter.export.query``).
 

@@ -114,6 +114,8 @@ WHERE i.indrelid = %s AND i.indisvalid AND am.amname = 'btree' AND i.indpred IS 
   AND (i.indkey::int2[])[0:%s] = %s::int2[]
 """
 _TRUE = ("true", "on", "yes", "1")
+# The names an export's own parameters have: a saved query's may not take them.
+_RESERVED = frozenset({"select", "delimiter", "quoteChar", "neutralizeFormulas"})
 
 
 class _Unknown:
@@ -360,9 +362,11 @@ class _Resolver:
         unexposed = [n for n in defaults if n not in exposed_names]
         if unexposed:
             self.problem("default_columns", f"{', '.join(unexposed)}: not exposed")
-        clash = sorted(set(spec.params) & ({"select"} | set(exposed_names)))
+        clash = sorted(set(spec.params) & (_RESERVED | set(exposed_names)))
         if clash:
-            self.problem("params", f"{', '.join(clash)}: the name of a column or of select")
+            self.problem(
+                "params", f"{', '.join(clash)}: the name of a column or of an export parameter"
+            )
         if self.problems:
             return None
         by_name = {c.name: c for c in columns}

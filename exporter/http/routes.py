@@ -145,8 +145,13 @@ async def openapi() -> dict[str, Any]:
     return openapi_document(datasets.specs)
 
 
-async def _export_params() -> dict[str, object]:
-    """Query parameters and a JSON body's, merged; a name in both must agree."""
+async def _export_params(*, repeatable: bool = False) -> dict[str, object]:
+    """Query parameters and a JSON body's, merged; a name in both must agree.
+
+    ``repeatable``: a name given more than once in the query string (a dataset's filter
+    on one column, ``total=gte.1&total=lt.9``) gives the list of its values; otherwise it
+    is an error.
+    """
     params: dict[str, object] = {}
     raw = await request.get_data(as_text=False)
     if raw:
@@ -162,14 +167,15 @@ async def _export_params() -> dict[str, object]:
     conflicts = []
     for name in request.args:
         values = request.args.getlist(name)
-        if len(values) > 1:
+        value: object = values[0] if len(values) == 1 else values
+        if len(values) > 1 and not repeatable:
             conflicts.append(FieldError(name[:60], "must be given once"))
-        elif name in params and params[name] != values[0]:
+        elif name in params and params[name] != value:
             # Neither may silently win: the other might be the one the client meant.
             conflicts.append(
                 FieldError(name[:60], "given differently in the query string and the body")
             )
-        params[name] = values[0]
+        params[name] = value
     if conflicts:
         raise RequestInvalid(conflicts)
     return params
@@ -306,33 +312,6 @@ async def list_datasets() -> dict[str, Any]:
     return {"datasets": [dataset.describe() for dataset in found]}
 
 
-async def _dataset_params() -> dict[str, object]:
-    """A dataset export's parameters: the query string's (a name given more than once,
-    as a filter may be, gives a list) and a JSON body's; a name in both must agree."""
-    params: dict[str, object] = {}
-    raw = await request.get_data(as_text=False)
-    if raw:
-        try:
-            body = json.loads(raw)
-        except ValueError:
-            body = None
-        if not isinstance(body, dict):
-            raise RequestInvalid([FieldError("body", "must be a JSON object of parameters")])
-        params.update(body)
-    conflicts = []
-    for name in request.args:
-        values = request.args.getlist(name)
-        value: object = values[0] if len(values) == 1 else values
-        if name in params and params[name] != value:
-            conflicts.append(
-                FieldError(name[:60], "given differently in the query string and the body")
-            )
-        params[name] = value
-    if conflicts:
-        raise RequestInvalid(conflicts)
-    return params
-
-
 def add_dataset_routes(app: Any, names: list[str]) -> None:
     """``GET /datasets/{name}`` and ``POST /datasets/{name}/exports`` for each declared
     dataset: paths of their own, so that the OpenAPI document can describe each one's
@@ -344,7 +323,8 @@ def add_dataset_routes(app: Any, names: list[str]) -> None:
 
         async def create(name: str = name) -> Response:
             dataset = _dataset(name)
-            return await _submit(parse_dataset_request(dataset, await _dataset_params()))
+            params = await _export_params(repeatable=True)
+            return await _submit(parse_dataset_request(dataset, params))
 
         app.add_url_rule(f"/datasets/{name}", f"dataset_{name}", describe, methods=["GET"])
         app.add_url_rule(
