@@ -28,7 +28,9 @@ import trio
 from psycopg import sql
 
 from exporter.core.config import Settings
+from exporter.core.datasets import Datasets, load_datasets_file
 from exporter.core.model import ExportRequest
+from exporter.export.catalog import resolve_datasets
 from exporter.process.embedded import embedded_database
 from exporter.process.schema import apply_schema, seed_users
 from exporter.process.server import run_server
@@ -51,6 +53,7 @@ from tests.support import (
     gated_admin_conninfo,
     gated_conninfo,
 )
+from tests.support.datasets import create_schema, write_datasets_file
 
 
 @pytest.fixture(scope="session")
@@ -70,6 +73,17 @@ def database() -> Iterator[str]:
         seed_users(conninfo, SEED_ROWS)
         apply_schema(conninfo, "indexes")
         yield conninfo
+
+
+@pytest.fixture(scope="module")
+def shop(
+    database: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[Path, Datasets]]:
+    """The shop schema (tests/support/datasets.py, a schema that is not users) and its
+    datasets file, resolved."""
+    create_schema(database)
+    path = write_datasets_file(tmp_path_factory.mktemp("datasets"))
+    yield path, resolve_datasets(database, load_datasets_file(path))
 
 
 @pytest.fixture

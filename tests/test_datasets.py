@@ -19,21 +19,11 @@ from exporter.export.catalog import resolve_datasets
 from exporter.export.pipeline import PipelineOptions, export_csv
 from exporter.storage.folder import FolderStorage
 from tests.support import ROW_SOURCE_PARAMS, Server, StartServer, copy_oracle
-from tests.support.datasets import DATASETS_TOML, create_schema, write_datasets_file
+from tests.support.datasets import DATASETS_TOML, write_datasets_file
 
 # Small batches, so that every export of the shop schema is read in many ranges (a
 # range is 50 batches: 350 rows) and crosses range ends with and without the key.
 BATCH_ROWS = 7
-
-
-@pytest.fixture(scope="module")
-def shop(
-    database: str, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[tuple[Path, Datasets]]:
-    """The shop schema and its datasets file, resolved."""
-    create_schema(database)
-    path = write_datasets_file(tmp_path_factory.mktemp("datasets"))
-    yield path, resolve_datasets(database, load_datasets_file(path))
 
 
 async def _export(server: Server, name: str, params: dict[str, object]) -> tuple[str, bytes]:

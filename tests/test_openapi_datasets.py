@@ -22,10 +22,8 @@ from schemathesis.specs.openapi.checks import negative_data_rejection, positive_
 
 from exporter.core.datasets import OPERATORS, Column, Datasets, load_datasets_file
 from exporter.core.request import DIALECT_PARAMETERS, SELECT, parse_dataset_request
-from exporter.export.catalog import resolve_datasets
 from exporter.http.openapi import openapi_document
 from tests.support import StartServer, copy_oracle, service
-from tests.support.datasets import create_schema, write_datasets_file
 
 NOT_FILTERS = {SELECT, *(p.name for p in DIALECT_PARAMETERS)}
 
@@ -42,16 +40,6 @@ SAMPLES = {
     "timestamptz": "2024-01-05T10:00:00Z",
     "time": "10:00",
 }
-
-
-@pytest.fixture(scope="module")
-def shop(
-    database: str, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[tuple[Path, Datasets]]:
-    """The shop schema and its datasets file, resolved."""
-    create_schema(database)
-    path = write_datasets_file(tmp_path_factory.mktemp("datasets"))
-    yield path, resolve_datasets(database, load_datasets_file(path))
 
 
 @pytest.fixture(scope="module")

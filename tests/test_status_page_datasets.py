@@ -6,14 +6,10 @@ PostgreSQL's COPY; a value the server rejects shown beside its field."""
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
-from selenium import webdriver
-from selenium.webdriver.chrome.options import Options
-from selenium.webdriver.chrome.service import Service as DriverService
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support.ui import Select, WebDriverWait
@@ -23,6 +19,7 @@ from exporter.core.request import parse_dataset_request
 from exporter.export.catalog import resolve_datasets
 from tests.support import copy_oracle, service
 from tests.support.datasets import create_schema, write_datasets_file
+from tests.test_status_page import browser, text_of  # noqa: F401  (a fixture, and a helper)
 
 pytestmark = [pytest.mark.browser, pytest.mark.e2e, pytest.mark.slow]
 
@@ -32,38 +29,15 @@ FILTER = ("total", "gte", "500")
 LINES = 4000 * 3  # the rows of shop.lines (tests/support/datasets.py)
 
 
-@pytest.fixture
-def browser(tmp_path: Path) -> Iterator[tuple[WebDriver, Path]]:
-    """As test_status_page's: downloads into a folder of the test's own."""
-    downloads = tmp_path / "downloads"
-    downloads.mkdir()
-    options = Options()
-    options.binary_location = "/usr/bin/chromium"
-    for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage",
-                     "--window-size=1200,900"):  # fmt: skip
-        options.add_argument(argument)
-    prefs = {"download.default_directory": str(downloads), "download.prompt_for_download": False}
-    options.add_experimental_option("prefs", prefs)
-    driver = webdriver.Chrome(service=DriverService("/usr/bin/chromedriver"), options=options)
-    try:
-        yield driver, downloads
-    finally:
-        driver.quit()
-
-
-def text_of(driver: WebDriver, export_id: str, cell: str) -> str:
-    return str(
-        driver.find_element(By.CSS_SELECTOR, f'tr[data-id="{export_id}"] [data-cell="{cell}"]').text
-    )
-
-
 def listed(client: httpx.Client) -> set[str]:
     """The exports the service lists (the database may hold other tests' exports too)."""
     return {doc["exportId"] for doc in client.get("/exports?limit=100").json()["exports"]}
 
 
 def test_export_a_dataset_with_columns_and_a_filter_in_a_browser(
-    browser: tuple[WebDriver, Path], database: str, tmp_path: Path
+    browser: tuple[WebDriver, Path],  # noqa: F811  (the fixture imported above)
+    database: str,
+    tmp_path: Path,
 ) -> None:
     driver, downloads = browser
     create_schema(database)
