@@ -18,7 +18,7 @@ import secrets
 import tempfile
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import trio_asyncio  # noqa: F401  (before psycopg: see exporter/jobs/postgres_queue.py)
 import httpx
@@ -55,6 +55,9 @@ from tests.support import (
 )
 from tests.support.datasets import create_schema, write_datasets_file
 
+if TYPE_CHECKING:
+    from selenium.webdriver.remote.webdriver import WebDriver
+
 
 @pytest.fixture(scope="session")
 def database() -> Iterator[str]:
@@ -84,6 +87,17 @@ def shop(
     create_schema(database)
     path = write_datasets_file(tmp_path_factory.mktemp("datasets"))
     yield path, resolve_datasets(database, load_datasets_file(path))
+
+
+@pytest.fixture
+def browser(tmp_path: Path) -> Iterator[tuple[WebDriver, Path]]:
+    """A headless chromium, and the directory its downloads land in."""
+    from tests.support.browser import open_browser  # selenium: only for the browser tests
+
+    downloads = tmp_path / "downloads"
+    downloads.mkdir()
+    with open_browser(downloads) as driver:
+        yield driver, downloads
 
 
 @pytest.fixture

@@ -4,49 +4,23 @@ chromedriver (selenium), against ``exporter serve`` as its own process."""
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from selenium import webdriver
-from selenium.webdriver.chrome.options import Options
-from selenium.webdriver.chrome.service import Service as DriverService
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support.ui import WebDriverWait
 
 from exporter.core.model import ExportRequest
 from tests.support import GatedDatabase, Gates, service
+from tests.support.browser import text_of
 
 pytestmark = [pytest.mark.browser, pytest.mark.e2e, pytest.mark.slow]
 
 # Where the gated database stops the export: reading 5,000 rows a batch, after 10,000 of
 # its 30,000 rows.
 GATE = 10_001
-
-
-@pytest.fixture
-def browser(tmp_path: Path) -> Iterator[tuple[WebDriver, Path]]:
-    downloads = tmp_path / "downloads"
-    downloads.mkdir()
-    options = Options()
-    options.binary_location = "/usr/bin/chromium"
-    for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage",
-                     "--window-size=1200,700"):  # fmt: skip
-        options.add_argument(argument)
-    prefs = {"download.default_directory": str(downloads), "download.prompt_for_download": False}
-    options.add_experimental_option("prefs", prefs)
-    driver = webdriver.Chrome(service=DriverService("/usr/bin/chromedriver"), options=options)
-    try:
-        yield driver, downloads
-    finally:
-        driver.quit()
-
-
-def text_of(driver: WebDriver, export_id: str, cell: str) -> str:
-    return str(
-        driver.find_element(By.CSS_SELECTOR, f'tr[data-id="{export_id}"] [data-cell="{cell}"]').text
-    )
 
 
 def test_start_watch_download_and_cancel_in_a_browser(

@@ -1,5 +1,5 @@
 """The status page's datasets, in a real headless browser (Debian's chromium through
-chromedriver, as in test_status_page): a dataset picked from ``GET /datasets``, its columns
+chromedriver): a dataset picked from ``GET /datasets``, its columns
 and a filter chosen, the export started, followed and downloaded byte-identical to
 PostgreSQL's COPY; a value the server rejects shown beside its field."""
 
@@ -19,7 +19,7 @@ from exporter.core.request import parse_dataset_request
 from exporter.export.catalog import resolve_datasets
 from tests.support import copy_oracle, service
 from tests.support.datasets import create_schema, write_datasets_file
-from tests.test_status_page import browser, text_of  # noqa: F401  (a fixture, and a helper)
+from tests.support.browser import text_of
 
 pytestmark = [pytest.mark.browser, pytest.mark.e2e, pytest.mark.slow]
 
@@ -35,7 +35,7 @@ def listed(client: httpx.Client) -> set[str]:
 
 
 def test_export_a_dataset_with_columns_and_a_filter_in_a_browser(
-    browser: tuple[WebDriver, Path],  # noqa: F811  (the fixture imported above)
+    browser: tuple[WebDriver, Path],
     database: str,
     tmp_path: Path,
 ) -> None:
