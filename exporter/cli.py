@@ -199,7 +199,7 @@ def _check_datasets(settings: Settings, file: str) -> int:
     if catalog is None:
         return 1
     for dataset in catalog.values():
-        how = "resumable" if dataset.ranged else "one statement, not resumable"
+        how = "resumable" if dataset.resumable(settings.row_source) else "not resumable"
         names = ", ".join(dataset.column_names)
         print(f"{dataset.name}: {dataset.source}, key ({', '.join(dataset.key)}), {how}; {names}")
     return 0

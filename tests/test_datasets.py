@@ -349,7 +349,7 @@ def _messages(error: BaseException) -> Iterator[str]:
             yield from _messages(linked)
 
 
-# -- resuming after the last key of a range ----------------------------------------------------
+# -- resuming after a checkpoint's key -----------------------------------------------------------
 
 
 @pytest.mark.parametrize("row_source", ROW_SOURCE_PARAMS)
@@ -357,7 +357,8 @@ def _messages(error: BaseException) -> Iterator[str]:
     ("name", "params"),
     [
         ("lines", {"select": "order_id,line_no,total"}),  # the key in the rows
-        ("lines", {"select": "note", "total": "gte.300"}),  # the key asked of the database
+        # The key not selected: read after the rows' columns, or (COPY) asked of the database.
+        ("lines", {"select": "note", "total": "gte.300"}),
         ("by_sku", {"order_id": "lt.1500"}),  # a text key
         ("big_lines", {}),  # a view
     ],
@@ -371,6 +372,37 @@ async def test_an_export_resumes_after_its_checkpoint_key(
     row_source: str,
 ) -> None:
     _, datasets = shop
+    await _stop_after_two_checkpoints_and_resume(
+        database, datasets, name, params, tmp_path, row_source
+    )
+
+
+async def test_a_query_that_must_sort_everything_resumes_when_read_by_the_cursor(
+    database: str, shop: object, tmp_path: Path
+) -> None:
+    # No index gives ``n``'s order: one statement sorts the rows once, and the cursor's
+    # checkpoints take their keys from its rows.
+    text = DATASETS_TOML + (
+        '\n[datasets.numbered]\nquery = "SELECT order_id * 10 + line_no AS n, sku, total'
+        ' FROM shop.lines"\nkey = "n"\n'
+    )
+    datasets = resolve_datasets(database, load_datasets_file(write_datasets_file(tmp_path, text)))
+    assert not datasets["numbered"].ranged
+    await _stop_after_two_checkpoints_and_resume(
+        database, datasets, "numbered", {"select": "sku,total"}, tmp_path, "cursor"
+    )
+
+
+async def _stop_after_two_checkpoints_and_resume(
+    database: str,
+    datasets: Datasets,
+    name: str,
+    params: dict[str, object],
+    tmp_path: Path,
+    row_source: str,
+) -> None:
+    """Export ``name`` until its second checkpoint (cancelled there, files kept), resume it
+    from that checkpoint, and compare the file with COPY's."""
     request = parse_dataset_request(datasets[name], params)
     storage = FolderStorage(tmp_path)
     export_id = uuid.uuid4()
@@ -402,9 +434,12 @@ async def test_an_export_resumes_after_its_checkpoint_key(
     assert (tmp_path / f"{export_id}.csv").read_bytes() == copy_oracle(database, request, datasets)
 
 
-async def test_a_query_that_must_sort_everything_runs_as_one_statement(
-    start_server: StartServer, database: str, shop: object, tmp_path: Path
+@pytest.mark.parametrize("row_source", ROW_SOURCE_PARAMS)
+async def test_a_query_that_must_sort_everything_is_resumable_only_by_the_cursor(
+    start_server: StartServer, database: str, shop: object, tmp_path: Path, row_source: str
 ) -> None:
+    # COPY would sort everything again for each range: it reads such a query in one
+    # statement, without checkpoints.
     text = DATASETS_TOML + (
         '\n[datasets.per_status]\nquery = "SELECT status::text AS status, count(*) AS lines,'
         ' sum(total) AS total FROM shop.lines GROUP BY status"\nkey = "status"\n'
@@ -412,8 +447,9 @@ async def test_a_query_that_must_sort_everything_runs_as_one_statement(
     path = write_datasets_file(tmp_path, text)
     datasets = resolve_datasets(database, load_datasets_file(path))
     assert not datasets["per_status"].ranged and datasets["recent"].ranged
-    server = await start_server(exporter_datasets=path, batch_rows=1)
-    assert (await server.client.get("/datasets/per_status")).json()["resumable"] is False
+    server = await start_server(exporter_datasets=path, batch_rows=1, row_source=row_source)
+    resumable = (await server.client.get("/datasets/per_status")).json()["resumable"]
+    assert resumable is (row_source == "cursor")
     _, body = await _export(server, "per_status", {})
     request = parse_dataset_request(datasets["per_status"], {})
     assert body == copy_oracle(database, request, datasets)

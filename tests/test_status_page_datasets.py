@@ -18,8 +18,8 @@ from exporter.core.datasets import load_datasets_file
 from exporter.core.request import parse_dataset_request
 from exporter.export.catalog import resolve_datasets
 from tests.support import copy_oracle, service
-from tests.support.datasets import create_schema, write_datasets_file
 from tests.support.browser import text_of
+from tests.support.datasets import create_schema, write_datasets_file
 
 pytestmark = [pytest.mark.browser, pytest.mark.e2e, pytest.mark.slow]
 

@@ -146,8 +146,10 @@ class Dataset:
 
     ``sql_source`` is the FROM item (a qualified relation, or the query in parentheses
     with an alias), written by ``exporter.export.catalog`` from catalog names only.
-    ``ranged``: its rows can be read in ranges of the key (an index gives the key's order),
-    so an export of it checkpoints and resumes; otherwise one statement reads it all.
+    ``ranged``: its rows can be read in ranges of the key without sorting them all for
+    each range (an index gives the key's order), which is how COPY reads an export that
+    checkpoints; otherwise COPY reads it in one statement. The server-side cursor reads
+    every dataset in one statement in key order, and checkpoints it by its rows' keys.
     """
 
     name: str
@@ -175,8 +177,12 @@ class Dataset:
     def column_names(self) -> tuple[str, ...]:
         return tuple(c.name for c in self.columns)
 
-    def describe(self) -> dict[str, Any]:
-        """What ``GET /datasets/{name}`` shows."""
+    def resumable(self, row_source: str) -> bool:
+        """Whether an export of it read by ``row_source`` checkpoints (and so resumes)."""
+        return row_source == "cursor" or self.ranged
+
+    def describe(self, row_source: str = "cursor") -> dict[str, Any]:
+        """What ``GET /datasets/{name}`` shows, when exports are read by ``row_source``."""
         return {
             "name": self.name,
             "description": self.description,
@@ -187,7 +193,7 @@ class Dataset:
             "filters": {name: list(ops) for name, ops in self.filters.items()},
             "params": {name: p.type for name, p in self.params.items()},
             "maxRows": self.max_rows,
-            "resumable": self.ranged,
+            "resumable": self.resumable(row_source),
             "exportsUrl": f"/datasets/{self.name}/exports",
         }
 

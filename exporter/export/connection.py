@@ -18,11 +18,14 @@ from psycopg.types.string import TextLoader
 __all__ = ["SESSION_SETTINGS", "TEXT_ADAPTERS", "libpq_options", "open_text_connection"]
 
 # UTC and ISO dates make the text of timestamps independent of the server's settings; no
-# statement timeout: an export's statements run for as long as it does.
+# statement timeout: an export's statements run for as long as it does. An export reads
+# every row its cursor has: planned for all of them, as COPY's statement is (the default,
+# 0.1, picks plans quick to their first rows, such as a nested loop over a join).
 SESSION_SETTINGS: dict[str, str] = {
     "TimeZone": "UTC",
     "DateStyle": "ISO,MDY",
     "statement_timeout": "0",
+    "cursor_tuple_fraction": "1",
 }
 
 

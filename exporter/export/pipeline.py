@@ -116,45 +116,47 @@ OnCheckpoint = Callable[[Checkpoint], Awaitable[None]]
 
 async def read_batches(
     source: RowSource,
-    range_rows: int | None,
+    range_rows: int,
     after: tuple[str, ...] | None,
     send_rows: trio.MemorySendChannel[RowItem],
     *,
     progress: Progress,
     max_rows: int | None = None,
 ) -> None:
-    """The reader: range after range of ``range_rows`` rows (None: one range of all)
-    after the key ``after``, fetch the batches in a worker thread and send them, then a
-    ``RangeEnd`` with the range's last key. Raises ``TooManyRows`` once more than
-    ``max_rows`` rows were read.
+    """The reader: the rows after the key ``after``, fetched batch by batch in a worker
+    thread and sent on, and after every ``range_rows`` of them a ``RangeEnd`` with the key
+    they reached (the cursor knows it from its rows; COPY reads range after range of
+    ``range_rows`` rows and asks the database where each ended; COPY of a dataset that is
+    not ranged sends none). Raises ``TooManyRows`` once more than ``max_rows`` rows were
+    read.
 
     ``send`` waits while the channel is full: that wait is the backpressure, and while it
     lasts nothing more is fetched.
     """
     total = progress.processed_rows
     async with send_rows:
+        fetch = await source.open(after, range_rows if source.ranges else None)
+        rows = 0  # since the last RangeEnd
         while True:
-            fetch = await source.open(after, range_rows)
-            rows, last_key = 0, None
-            while True:
-                batch = await run_cancellable(background(fetch), cancel=source.cancel)
-                size = batch_size(batch)
-                if size == 0:
-                    break
-                rows, total = rows + size, total + size
-                if max_rows is not None and total > max_rows:
-                    raise TooManyRows(max_rows)
-                last_key = source.last_key(batch)
-                progress.batches_fetched += 1
-                await send_rows.send(batch)
-                del batch  # the writer's thread frees it (see write_batches)
-            if range_rows is None or rows < range_rows:
-                return  # a range short of its rows was the last
-            if last_key is None:
+            batch = await run_cancellable(background(fetch), cancel=source.cancel)
+            size = batch_size(batch)
+            if size == 0:
+                if not source.ranges or rows < range_rows:
+                    return  # the statement read everything, or a range short of its rows
                 find = functools.partial(source.find_last_key, after, rows)
-                last_key = await run_cancellable(find, cancel=source.conn.cancel_safe)
-            await send_rows.send(RangeEnd(last_key))
-            after = last_key
+                after = await run_cancellable(find, cancel=source.conn.cancel_safe)
+                await send_rows.send(RangeEnd(after))
+                fetch, rows = await source.open(after, range_rows), 0
+                continue
+            rows, total = rows + size, total + size
+            if max_rows is not None and total > max_rows:
+                raise TooManyRows(max_rows)
+            progress.batches_fetched += 1
+            await send_rows.send(batch)
+            del batch  # the writer's thread frees it (see write_batches)
+            if source.keyed and rows >= range_rows and source.last_key is not None:
+                await send_rows.send(RangeEnd(source.last_key))
+                rows = 0
 
 
 @dataclasses.dataclass(slots=True)
@@ -315,9 +317,9 @@ async def _begin(
     resume: Checkpoint | None,
     options: PipelineOptions,
     progress: Progress,
-) -> tuple[int | None, bytes]:
+) -> tuple[int, bytes]:
     """The estimate and the files opened (or continued at ``resume``); returns the rows
-    a range holds (None: one range) and the header written."""
+    between checkpoint marks and the header written."""
     conn, dataset, request = source.conn, source.dataset, source.request
     progress.total_rows = await run_cancellable(
         estimate_rows,
@@ -330,12 +332,12 @@ async def _begin(
     if resume is not None:
         progress.processed_rows, progress.bytes_written = resume.rows, resume.csv_bytes
     progress.started_at = time.monotonic()
-    return (options.batch_rows * RANGE_BATCHES if dataset.ranged else None), header
+    return options.batch_rows * RANGE_BATCHES, header
 
 
 async def _copy_rows(
     source: RowSource,
-    range_rows: int | None,
+    range_rows: int,
     after: tuple[str, ...] | None,
     outputs: Outputs,
     header: bytes,

@@ -114,19 +114,23 @@ def export_select(
     source: sql.Composable,
     after: Sequence[str] | None = None,
     limit: int | None = None,
+    *,
+    extra: Sequence[str] = (),
 ) -> sql.Composed:
-    """``SELECT <columns> FROM <source> WHERE <filters> [AND key > after] ORDER BY <key>
-    [LIMIT limit]``.
+    """``SELECT <columns>[, <extra>] FROM <source> WHERE <filters> [AND key > after] ORDER BY
+    <key> [LIMIT limit]``. ``extra``: columns read after the selected ones (a cursor's key
+    columns that were not selected, for its checkpoints; never written).
 
     Rows come in key order: a stable order users expect, and the one the COPY oracle
     reproduces exactly (a plain sequential scan may start mid-table when another scan of
     the same table is running: ``synchronize_seqscans``).
     """
-    for name in request.columns:
-        if dataset.column(name) is None:  # validated already; this guards the SQL boundary
+    # Validated already; this guards the SQL boundary.
+    for name in (*request.columns, *extra):
+        if dataset.column(name) is None and name not in dataset.key:
             raise ValueError(f"column {name!r} is not exposed")
     return sql.SQL("SELECT {columns} FROM {source}{where} ORDER BY {order}{limit}").format(
-        columns=sql.SQL(", ").join(sql.Identifier(c) for c in request.columns),
+        columns=sql.SQL(", ").join(sql.Identifier(c) for c in (*request.columns, *extra)),
         source=source,
         where=_where(dataset, request, after),
         order=_order(dataset),

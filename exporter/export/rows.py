@@ -1,16 +1,22 @@
-"""Where an export's rows come from: ranges of the key, read by a server-side cursor or COPY.
+"""Where an export's rows come from: a server-side cursor, or COPY in ranges of the key.
 
-The rows are read in key order, in ranges of ``range_rows`` rows, one query per range in
-the export's one transaction (``WHERE <filters> AND key > <the last range's last key>
-ORDER BY key LIMIT range_rows``), so that a checkpoint can say "every row up to this key
-is written" and a later attempt can continue after it. A range's last key is read from
-its last row when the cursor's rows hold the key, and otherwise asked of the database
-(``last_key_select``: for a table an index scan of the key, far cheaper than the rows).
-A range of fewer rows than asked for was the last. A dataset whose key order needs a sort
-of everything (``Dataset.ranged`` false) is read as one range.
+The rows are read in key order, so that a checkpoint can say "every row up to this key
+is written" and a later attempt can continue after it (``WHERE key > <that key>``).
 
-``RowSource`` opens each range's query and hands back the blocking call that reads its
-next batch: a cursor's rows, to be encoded, or a ``CopyBlock`` that COPY wrote already.
+The cursor reads the whole export in one statement, planned as COPY's would be, and
+knows the key of every batch's last row: the key's columns are read with the selected
+ones (after them, and cut off before encoding, when they were not selected).
+
+COPY's lines hold no key that can be read back, so COPY reads in ranges of
+``range_rows`` rows, one statement per range in the export's one transaction (``WHERE
+<filters> AND key > <the last range's last key> ORDER BY key LIMIT range_rows``); a
+range's last key is asked of the database (``last_key_select``: for a table an index scan
+of the key, far cheaper than the rows), and a range of fewer rows than asked for was the
+last. A dataset whose key order needs a sort of everything (``Dataset.ranged`` false),
+which every range would repeat, is read by COPY in one statement, without checkpoints.
+
+``RowSource`` opens a statement and hands back the blocking call that reads its next
+batch: a cursor's rows, to be encoded, or a ``CopyBlock`` that COPY wrote already.
 """
 
 from __future__ import annotations
@@ -78,7 +84,7 @@ def estimate_rows(conn: psycopg.Connection[Any], select: sql.Composable) -> int:
 
 
 class RowSource:
-    """The export's rows, one range of the key at a time, from a server-side cursor or COPY.
+    """The export's rows, from a server-side cursor or (one range of the key at a time) COPY.
 
     The cursor reads on the export's connection. COPY is read by a ``CopyReader`` (asyncpg,
     on a connection of its own in the export's snapshot), started with the first range;
@@ -101,17 +107,24 @@ class RowSource:
         self.batch_rows = batch_rows
         self.conninfo, self.application_name = conninfo, application_name
         self.cancel: Callable[[], None] = conn.cancel_safe
-        # Where the key is in a cursor's rows (None: not selected, or COPY's lines).
-        self.key_at: list[int] | None = None
-        if not self.copy and set(dataset.key) <= set(request.columns):
-            self.key_at = [request.columns.index(k) for k in dataset.key]
+        # ``ranges``: reads in ranges of the key (COPY, of a ranged dataset); ``keyed``:
+        # knows each batch's last key (the cursor). Neither: one COPY, no checkpoints.
+        self.ranges = self.copy and dataset.ranged
+        self.keyed = not self.copy
+        # The key's columns the cursor reads after the selected ones, and where the key is.
+        self.hidden = () if self.copy else tuple(k for k in dataset.key if k not in request.columns)
+        read = (*request.columns, *self.hidden)
+        self.key_at = [] if self.copy else [read.index(k) for k in dataset.key]
+        self._last_key: tuple[str, ...] | None = None
         self._cursor: psycopg.ServerCursor[Any] | None = None
         self._reader: CopyReader | None = None
 
     async def open(self, after: tuple[str, ...] | None, rows: int | None) -> Callable[[], Batch]:
-        """Start the query of the range of ``rows`` rows (None: all) after ``after``;
+        """Start the statement that reads ``rows`` rows (None: all) after ``after``;
         returns the blocking call that reads its next batch."""
-        select = export_select(self.dataset, self.request, self.source, after, rows)
+        select = export_select(
+            self.dataset, self.request, self.source, after, rows, extra=self.hidden
+        )
         if self.copy:
             reader = self._reader or await self._start_reader()
             reader.open(
@@ -127,14 +140,23 @@ class RowSource:
             await run_cancellable(self._cursor.close, cancel=self.cancel)
         self._cursor = cursor = self.conn.cursor(name="export")
         await run_cancellable(cursor.execute, select, cancel=self.cancel)
-        return functools.partial(cursor.fetchmany, self.batch_rows)
+        fetch = functools.partial(cursor.fetchmany, self.batch_rows)
+        width = len(self.request.columns)
 
-    def last_key(self, batch: Batch) -> tuple[str, ...] | None:
-        """The key of ``batch``'s last row, if its rows hold it."""
-        if self.key_at is None or isinstance(batch, CopyBlock) or not batch:
-            return None
-        row = batch[-1]
-        return tuple(_text(row[at]) for at in self.key_at)
+        def read_rows() -> Batch:
+            rows = fetch()
+            if rows:
+                self._last_key = tuple(_text(rows[-1][at]) for at in self.key_at)
+                if self.hidden:
+                    rows = [row[:width] for row in rows]
+            return rows
+
+        return read_rows
+
+    @property
+    def last_key(self) -> tuple[str, ...] | None:
+        """The key of the last row the cursor read (None: none yet, or COPY)."""
+        return self._last_key
 
     def find_last_key(self, after: tuple[str, ...] | None, rows: int) -> tuple[str, ...]:
         """The key of the ``rows``-th row after ``after``, asked of the database (blocking)."""

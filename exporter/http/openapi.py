@@ -269,7 +269,10 @@ _SCHEMAS: dict[str, Any] = {
             "maxRows": {"type": ["integer", "null"], "minimum": 1},
             "resumable": {
                 "type": "boolean",
-                "description": "An export of it checkpoints, and resumes after a takeover.",
+                "description": (
+                    "An export of it checkpoints, and resumes after a takeover (with"
+                    " ROW_SOURCE=copy, only a dataset whose key order an index gives)."
+                ),
             },
             "exportsUrl": {"type": "string"},
         },

@@ -309,7 +309,8 @@ async def list_datasets() -> dict[str, Any]:
     if datasets is not None and not datasets.is_resolved:
         raise NotReady("the datasets have not been resolved against the database yet")
     found = [] if datasets is None else list(datasets.values())
-    return {"datasets": [dataset.describe() for dataset in found]}
+    row_source = services().settings.row_source
+    return {"datasets": [dataset.describe(row_source) for dataset in found]}
 
 
 def add_dataset_routes(app: Any, names: list[str]) -> None:
@@ -319,7 +320,7 @@ def add_dataset_routes(app: Any, names: list[str]) -> None:
     for name in names:
 
         async def describe(name: str = name) -> dict[str, Any]:
-            return _dataset(name).describe()
+            return _dataset(name).describe(services().settings.row_source)
 
         async def create(name: str = name) -> Response:
             dataset = _dataset(name)
