@@ -12,10 +12,11 @@
 - a view that would bypass row-level security: it runs as its owner
   (``security_invoker`` off) while a table under it has policies.
 
-It also asks the planner whether the key's order comes from an index: if it does, an
-export reads the rows in ranges of the key and can resume; if it does not (a saved query
-that must sort all its rows), each range would sort everything again, so one statement
-reads it all, without checkpoints.
+It also asks the planner whether the key's order comes from an index: if it does, COPY
+reads the rows in ranges of the key and can resume; if it does not (a saved query that
+must sort all its rows), each range would sort everything again, so COPY reads it all in
+one statement, without checkpoints. (The cursor reads every dataset in one statement and
+checkpoints by its rows' keys.)
 """
 
 from __future__ import annotations

@@ -6,11 +6,11 @@ catalog, and every value a request brings is a literal quoted by psycopg
 as it came. Values are literals rather than parameters so that one statement serves both
 row sources (a cursor's query, and COPY, which takes no parameters).
 
-An export reads its rows in key order, in ranges: each range a statement
-``… WHERE <filters> AND key > after ORDER BY key LIMIT n`` (a row comparison for a key
-of several columns), so that a checkpoint can say "every row up to this key is written"
-and a later attempt can continue after it. Where the range's last key cannot be read
-from its rows, ``last_key_select`` finds it.
+An export reads its rows in key order, ``… WHERE <filters> AND key > after ORDER BY key``
+(a row comparison for a key of several columns), so that a checkpoint can say "every row
+up to this key is written" and a later attempt can continue after it: the cursor in one
+statement, COPY in ranges, each with ``LIMIT n``. Where a COPY range ended,
+``last_key_select`` finds.
 """
 
 from __future__ import annotations
