@@ -9,8 +9,8 @@ row sources (a cursor's query, and COPY, which takes no parameters).
 An export reads its rows in key order, ``… WHERE <filters> AND key > after ORDER BY key``
 (a row comparison for a key of several columns), so that a checkpoint can say "every row
 up to this key is written" and a later attempt can continue after it: the cursor in one
-statement, COPY in ranges, each with ``LIMIT n``. Where a COPY range ended,
-``last_key_select`` finds.
+statement, COPY in ranges, each with ``LIMIT n``; ``last_key_select`` finds where a
+COPY range ended.
 """
 
 from __future__ import annotations
